@@ -1,0 +1,82 @@
+"""Attention processors for reference attention: the ReferenceNet writes its `attn1` inputs, the denoiser reads them.
+
+Installed with diffusers' `set_attn_processor` on every attention of a UNet (one processor object per module, which
+knows its module's name). Reference tokens travel explicitly through `cross_attention_kwargs` on each call, never as
+state stashed on modules:
+- `ref_bank: dict[str, Tensor]` (ReferenceNet, "write"): the processor stores its `attn1` input `[N_img, n, C]`.
+- `ref_tokens: dict[str, Tensor]` (denoiser, "read"): `[B, n, C]` per `attn1` name; the processor attends over
+  `[own tokens ; reference tokens]` of the same block, the reference repeated for each of the F frames of its batch
+  item (the denoiser's batch is `(B F)`).
+Cross-attention (`attn2`) processors ignore both. All computation is PyTorch SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from einops import rearrange
+
+
+def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor, mask=None) -> torch.Tensor:
+    """Multi-head SDPA of `hidden_states` `[N, n, C]` over `context` `[N, m, C']` with `attn`'s projections."""
+    q = rearrange(attn.to_q(hidden_states), "b n (h d) -> b h n d", h=attn.heads)
+    k = rearrange(attn.to_k(context), "b m (h d) -> b h m d", h=attn.heads)
+    v = rearrange(attn.to_v(context), "b m (h d) -> b h m d", h=attn.heads)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, heads, n, d]
+    out = rearrange(out, "b h n d -> b n (h d)").to(q.dtype)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+class LoopyAttnProcessor:
+    """One attention module's processor: `mode` is "write" (ReferenceNet attn1), "read" (denoiser attn1) or
+    "plain" (everything else)."""
+
+    def __init__(self, name: str, mode: str = "plain"):
+        if mode not in ("write", "read", "plain"):
+            raise ValueError(f"mode must be 'write', 'read' or 'plain', got {mode!r}")
+        self.name = name
+        self.mode = mode
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        ref_bank: dict[str, torch.Tensor] | None = None,
+        ref_tokens: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None:  # cross-attention: motion tokens or the ReferenceNet's null context
+            return attend(attn, hidden_states, encoder_hidden_states)
+        context = hidden_states
+        if self.mode == "write" and ref_bank is not None:
+            ref_bank[self.name] = hidden_states
+        elif self.mode == "read" and ref_tokens is not None:
+            ref = ref_tokens[self.name]  # [B, n_ref, C]
+            if hidden_states.shape[0] % ref.shape[0]:
+                raise ValueError(
+                    f"{self.name}: {hidden_states.shape[0]} frames can't be split over {ref.shape[0]} references"
+                )
+            frames = hidden_states.shape[0] // ref.shape[0]
+            ref = ref.to(hidden_states.dtype).repeat_interleave(frames, dim=0)  # [(B F), n_ref, C]
+            context = torch.cat([hidden_states, ref], dim=1)
+        return attend(attn, hidden_states, context)
+
+
+def install_processors(unet: torch.nn.Module, self_attention_mode: str) -> list[str]:
+    """Install a `LoopyAttnProcessor` on every attention of `unet`; `attn1` modules get `self_attention_mode`.
+
+    Returns the names of the `attn1` modules (the keys of `ref_bank` / `ref_tokens`), in execution order.
+    """
+    processors = {}
+    self_attention = []
+    for name in unet.attn_processors:  # "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"
+        module_name = name.removesuffix(".processor")
+        is_self = module_name.endswith("attn1")
+        processors[name] = LoopyAttnProcessor(module_name, self_attention_mode if is_self else "plain")
+        if is_self:
+            self_attention.append(module_name)
+    unet.set_attn_processor(processors)
+    return self_attention

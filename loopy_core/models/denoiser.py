@@ -1,0 +1,98 @@
+"""Denoising UNet: the SD1.5 2-D UNet applied per frame, with Loopy's conditioning in every transformer block.
+
+Per frame (paper Sec. 3.1-3.3, DESIGN.md Sec. 2):
+1. spatial self-attention over the frame's tokens and the ReferenceNet's reference tokens of the same block;
+2. cross-attention (SD's `attn2` slot) to the frame's motion tokens from audio-to-latents;
+3. feed-forward;
+and after every spatial layer, where AnimateDiff puts its motion modules:
+4. inter-clip temporal layer over `[motion-frame features (M) ; current clip (F)]`;
+5. intra-clip temporal layer over the F current frames (AnimateDiff v2 names, `intra_clip.*`).
+
+The spatial weights live in `unet` with diffusers' `UNet2DConditionModel` names, so SD1.5 loads with no renaming.
+Shapes: `sample` `[B, C, F, h, w]` in, `[B, C, F, h, w]` out; frames are folded as `(B F)` inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+
+from ..config import TemporalConfig, UNetConfig
+from .attention import install_processors
+from .temporal import TemporalLayers
+from .unet import build_unet, unet_forward
+
+
+def _tuples(d: dict | None) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in (d or {}).items()}
+
+
+class LoopyDenoiser(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(self, unet_config: dict | None = None, temporal_config: dict | None = None):
+        super().__init__()
+        unet_cfg = UNetConfig(**_tuples(unet_config))
+        temporal_cfg = TemporalConfig(**_tuples(temporal_config))
+        self.unet = build_unet(unet_cfg)
+        self.attn1_names = install_processors(self.unet, "read")
+        self.inter_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=True)
+        self.intra_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=False)
+        self.gradient_checkpointing = False
+
+    @classmethod
+    def from_configs(cls, unet: UNetConfig, temporal: TemporalConfig) -> LoopyDenoiser:
+        return cls(unet_config=asdict(unet), temporal_config=asdict(temporal))
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        motion_tokens: torch.Tensor,
+        ref_tokens: dict[str, torch.Tensor] | None,
+        motion_feats: dict[tuple[str, int, int], torch.Tensor] | None,
+        use_temporal: bool = True,
+    ) -> torch.Tensor:
+        """
+        Args:
+            sample: `[B, C, F, h, w]` noisy latents of the clip.
+            timestep: scalar or `[B]`.
+            motion_tokens: `[B, F, N, D]` audio-to-latents output.
+            ref_tokens: ReferenceNet `attn1` inputs, `[B, n, C]` per name (None: no reference attention).
+            motion_feats: ReferenceNet motion-frame features `[(B M), C, h, w]` per position (None: the inter-clip
+                layers see only the clip).
+            use_temporal: False skips both temporal layers (training stage 1, image pairs).
+        Returns:
+            `[B, C, F, h, w]` model output (epsilon, v or x0, as the model's noise config says).
+        """
+        B, C, F, h, w = sample.shape
+        if motion_tokens.shape[:2] != (B, F):
+            raise ValueError(f"motion_tokens {tuple(motion_tokens.shape)} must be [B={B}, F={F}, N, D]")
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.expand(B) if t.ndim == 0 else t
+        # [B, C, F, h, w] -> [(B F), C, h, w]
+        x = rearrange(sample, "b c f h w -> (b f) c h w")
+        context = rearrange(motion_tokens, "b f n d -> (b f) n d")
+
+        def temporal(part, i, j, hidden):
+            if not use_temporal:
+                return hidden
+            feats = motion_feats.get((part, i, j)) if motion_feats else None
+            hidden = self.inter_clip.get(part, i, j)(hidden, F, context=feats)
+            return self.intra_clip.get(part, i, j)(hidden, F)
+
+        out = unet_forward(
+            self.unet,
+            x,
+            t.repeat_interleave(F),
+            context,
+            cross_attention_kwargs={"ref_tokens": ref_tokens} if ref_tokens else None,
+            after_layer=temporal,
+            gradient_checkpointing=self.gradient_checkpointing and self.training,
+        )
+        return rearrange(out, "(b f) c h w -> b c f h w", f=F)
