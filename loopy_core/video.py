@@ -154,7 +154,9 @@ class VideoWriter:
         chunk = self.audio[:, self._audio_pos : end]
         if chunk.shape[1] < end - self._audio_pos:
             chunk = np.pad(chunk, ((0, 0), (0, end - self._audio_pos - chunk.shape[1])))
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=self._audio_stream.layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(chunk), format="fltp", layout=self._audio_stream.layout
+        )
         frame.sample_rate = self.sample_rate
         frame.pts = self._audio_pos
         frame.time_base = Fraction(1, self.sample_rate)
