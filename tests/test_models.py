@@ -1,0 +1,218 @@
+"""Model components on the tiny config: shapes, zero-init identity, temporal isolation, guidance batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loopy_core import guidance
+from loopy_core.config import LoopyConfig
+from loopy_core.models import LoopyModel
+from loopy_core.models.unet import unet_forward
+
+F = 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return LoopyModel(LoopyConfig.tiny()).eval()
+
+
+def clip_inputs(model, B=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    C, s = cfg.latent_channels, cfg.latent_size
+    a = cfg.audio
+    return dict(
+        ref=torch.randn(B, C, s, s, generator=g),
+        history=torch.randn(B, C, 30, s, s, generator=g),
+        sample=torch.randn(B, C, F, s, s, generator=g),
+        audio=torch.randn(B, F, 2 * a.window + 1, a.num_layers, a.feature_dim, generator=g),
+    )
+
+
+def perturb_(module: torch.nn.Module, seed: int = 0):
+    """Give zero-initialised output projections random values (as if trained)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if "proj_out" in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+
+
+@torch.no_grad()
+def test_walker_matches_diffusers_unet_forward(model):
+    """Our block-by-block UNet run equals diffusers' own forward when no hook changes anything."""
+    unet = model.denoiser.unet
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    x = torch.randn(2, 4, 8, 8)
+    ctx = torch.randn(2, 3, 32)
+    ours = unet_forward(unet, x, torch.tensor([10, 900]), ctx)
+    saved = unet.attn_processors
+    unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        ref = unet(x, torch.tensor([10, 900]), ctx).sample
+    finally:
+        unet.set_attn_processor(saved)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_clip_forward_shapes(model):
+    inp = clip_inputs(model)
+    motion = model.tsm(inp["history"], inp["ref"])
+    assert motion.shape == (1, 4, 20, 8, 8)
+    ref_tokens, motion_feats = model.reference_net(inp["ref"], motion)
+    assert set(ref_tokens) == set(model.denoiser.attn1_names)
+    assert all(v.shape[0] == 1 for v in ref_tokens.values())
+    assert len(motion_feats) == 2 * 1 + 1 + 2 * 2  # down (2 blocks x 1) + mid + up (2 blocks x 2)
+    assert all(v.shape[0] == 20 for v in motion_feats.values())
+    tokens, _ = model.motion_tokens(inp["audio"])
+    assert tokens.shape == (1, F, 4, 32)
+    out = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats)
+    assert out.shape == inp["sample"].shape and torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_reference_net_split_calls_equal_joint_call(model):
+    inp = clip_inputs(model)
+    motion = model.tsm(inp["history"], inp["ref"])
+    joint_ref, joint_motion = model.reference_net(inp["ref"], motion)
+    only_ref, none = model.reference_net(inp["ref"], None)
+    _, only_motion = model.reference_net(None, motion)
+    assert none == {}
+    for k in joint_ref:
+        torch.testing.assert_close(joint_ref[k], only_ref[k], atol=1e-5, rtol=1e-5)
+    for k in joint_motion:
+        torch.testing.assert_close(joint_motion[k], only_motion[k], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_zero_initialised_temporal_layers_leave_output_unchanged(model):
+    """At init, the inter- and intra-clip layers are identities: the denoiser is the per-frame 2-D UNet."""
+    inp = clip_inputs(model)
+    motion = model.tsm(inp["history"], inp["ref"])
+    ref_tokens, motion_feats = model.reference_net(inp["ref"], motion)
+    tokens, _ = model.motion_tokens(inp["audio"])
+    with_temporal = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats)
+    without = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats, use_temporal=False)
+    torch.testing.assert_close(with_temporal, without, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_motion_frames_reach_the_clip_only_through_inter_clip_layers():
+    torch.manual_seed(0)
+    model = LoopyModel(LoopyConfig.tiny()).eval()
+    perturb_(model.denoiser.intra_clip, seed=1)  # a "trained" intra-clip layer
+    inp = clip_inputs(model)
+    ref_tokens, feats_a = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
+    _, feats_b = model.reference_net(None, model.tsm(inp["history"] * -1.0, inp["ref"]))
+    tokens, _ = model.motion_tokens(inp["audio"])
+    out_a = model.denoiser(inp["sample"], 500, tokens, ref_tokens, feats_a)
+    out_b = model.denoiser(inp["sample"], 500, tokens, ref_tokens, feats_b)
+    torch.testing.assert_close(out_a, out_b, atol=1e-6, rtol=0)  # intra-clip never sees motion frames
+    perturb_(model.denoiser.inter_clip, seed=2)
+    out_a = model.denoiser(inp["sample"], 500, tokens, ref_tokens, feats_a)
+    out_b = model.denoiser(inp["sample"], 500, tokens, ref_tokens, feats_b)
+    assert (out_a - out_b).abs().max() > 1e-3  # the inter-clip layer does
+
+
+@torch.no_grad()
+def test_intra_clip_layer_mixes_frames_only_within_the_clip():
+    torch.manual_seed(0)
+    model = LoopyModel(LoopyConfig.tiny()).eval()
+    perturb_(model.denoiser.intra_clip, seed=1)
+    layer = model.denoiser.intra_clip.get("down", 0, 0)
+    x = torch.randn(2 * F, 32, 8, 8)  # two videos of F frames, folded (B F)
+    y = layer(x, F)
+    x2 = x.clone()
+    x2[F + 3] += 1.0  # change one frame of the second video
+    y2 = layer(x2, F)
+    torch.testing.assert_close(y[:F], y2[:F])  # the first video is untouched
+    assert (y[F:] - y2[F:]).abs().amax(dim=(1, 2, 3)).min() > 0  # every frame of the second one changed
+
+
+@torch.no_grad()
+def test_reference_attention_uses_reference_tokens(model):
+    inp = clip_inputs(model)
+    ref_tokens, motion_feats = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
+    tokens, _ = model.motion_tokens(inp["audio"])
+    out = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats)
+    zeroed = {k: torch.zeros_like(v) for k, v in ref_tokens.items()}
+    out_zero = model.denoiser(inp["sample"], 500, tokens, zeroed, motion_feats)
+    assert (out - out_zero).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_three_guidance_branches_in_one_batch_equal_separate_forwards(model):
+    inp = clip_inputs(model)
+    ref_tokens, motion_feats = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
+    with_audio, no_audio = model.motion_tokens(inp["audio"])
+    assert (with_audio - no_audio).abs().max() > 1e-4
+    zero_ref = {k: torch.zeros_like(v) for k, v in ref_tokens.items()}
+    branches = [(zero_ref, no_audio), (ref_tokens, no_audio), (ref_tokens, with_audio)]  # guidance.BRANCHES
+    separate = [model.denoiser(inp["sample"], 500, tok, rt, motion_feats) for rt, tok in branches]
+    batched = model.denoiser(
+        inp["sample"].repeat(3, 1, 1, 1, 1),
+        500,
+        torch.cat([tok for _, tok in branches]),
+        {k: torch.cat([rt[k] for rt, _ in branches]) for k in ref_tokens},
+        {k: v.repeat(3, 1, 1, 1) for k, v in motion_feats.items()},
+    )
+    torch.testing.assert_close(batched, torch.cat(separate), atol=1e-5, rtol=1e-5)
+    e = guidance.combine_batched(batched, ref_scale=3.0, audio_scale=5.0)
+    e_u, e_r, e_f = separate
+    torch.testing.assert_close(e, e_u + 3.0 * (e_r - e_u) + 5.0 * (e_f - e_r), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(guidance.combine_batched(batched, 1.0, 1.0), e_f, atol=1e-5, rtol=1e-5)
+
+
+def test_a2l_modalities_and_motion_statistics():
+    torch.manual_seed(0)
+    model = LoopyModel(LoopyConfig.tiny()).eval()
+    a2l = model.audio_to_latents
+    audio = torch.randn(2, F, 5, 2, 32)
+    with torch.no_grad():
+        none = a2l(audio, torch.tensor([False, False]))
+        other_audio = a2l(torch.randn(2, F, 5, 2, 32), torch.tensor([False, False]))
+        torch.testing.assert_close(none, other_audio)  # absent audio is ignored, whatever its values
+        low = a2l(audio, None, torch.tensor([[0.1, 0.1], [0.1, 0.1]]))
+        high = a2l(audio, None, torch.tensor([[2.0, 2.0], [2.0, 2.0]]))
+        assert (low - high).abs().max() > 1e-4  # motion statistics steer the tokens
+        masked = a2l(audio, None, torch.tensor([[0.1, 0.1], [2.0, 2.0]]), torch.tensor([False, False]))
+        torch.testing.assert_close(masked, a2l(audio))
+    with pytest.raises(ValueError, match="don't match"):
+        a2l(torch.randn(1, F, 5, 3, 32))
+
+
+def test_guidance_schedules():
+    assert guidance.scale_at(5.0, 3, 25) == 5.0
+    assert guidance.scale_at([6.0, 2.0], 0, 25) == 6.0
+    assert guidance.scale_at([6.0, 2.0], 24, 25) == 2.0
+    assert guidance.scale_at([6.0, 2.0], 12, 25) == pytest.approx(4.0)
+    assert guidance.scale_at(lambda i, n: i / n, 5, 10) == 0.5
+    assert guidance.parse_scale("5") == 5.0 and guidance.parse_scale("6,4,2") == [6.0, 4.0, 2.0]
+    with pytest.raises(ValueError, match="not a number"):
+        guidance.parse_scale("five")
+    with pytest.raises(ValueError):
+        guidance.combine_batched(torch.zeros(4, 1), 1.0, 1.0)
+
+
+def test_gradients_flow_with_checkpointing():
+    torch.manual_seed(0)
+    model = LoopyModel(LoopyConfig.tiny()).train()
+    model.denoiser.gradient_checkpointing = True
+    model.reference_net.gradient_checkpointing = True
+    inp = clip_inputs(model)
+    ref_tokens, feats = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
+    tokens = model.audio_to_latents(inp["audio"])
+    out = model.denoiser(inp["sample"], 500, tokens, ref_tokens, feats)
+    out.square().mean().backward()
+    grads = {
+        "reference_net": model.reference_net.unet.conv_in.weight.grad,
+        "denoiser": model.denoiser.unet.conv_in.weight.grad,
+        "a2l": model.audio_to_latents.queries.grad,
+        "inter_clip_out": model.denoiser.inter_clip.get("up", 1, 1).temporal_transformer.proj_out.weight.grad,
+    }
+    for name, g in grads.items():
+        assert g is not None and g.abs().sum() > 0, name
