@@ -4,7 +4,9 @@ Format (version 1):
 - tensors: `LoopyModel.state_dict()` keys (`reference_net.*`, `denoiser.*`, `audio_to_latents.*`, and `vae.*` when
   the codec has weights and `include_vae` is set);
 - metadata: `{"format": "loopy", "format_version": "1", "config": <LoopyConfig JSON>, ...}` plus any extra string
-  entries (for example a model card).
+  entries (for example a model card);
+- optionally an embedded audio encoder (small models like the demo's): `audio_encoder.*` wav2vec2 tensors and its
+  transformers config as JSON under the metadata key `audio_encoder_config`.
 So a file is self-describing: `read_config(path)` needs no tensors, and `load_checkpoint(path)` rebuilds the model.
 Loading is strict: missing and unexpected keys and shape mismatches are reported by name together with the file.
 Only safetensors is read here; nothing is unpickled.
@@ -90,12 +92,18 @@ def save_checkpoint(
     include_vae: bool = True,
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
+    audio_encoder: torch.nn.Module | None = None,
 ) -> Path:
-    """Write `model` (a `LoopyModel`) atomically: a temp file in the same folder, renamed when complete."""
+    """Write `model` (a `LoopyModel`) atomically: a temp file in the same folder, renamed when complete.
+
+    `audio_encoder` (a transformers wav2vec2) is embedded when given, so the file alone can generate."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"Loopy checkpoints are .safetensors files; got {str(path)!r}")
     state = model.state_dict() if include_vae else model.trainable_state_dict()
+    if audio_encoder is not None:
+        state = dict(state)
+        state.update({f"audio_encoder.{k}": v for k, v in audio_encoder.state_dict().items()})
     tensors = {}
     for key, value in state.items():
         value = value.detach().to("cpu")
@@ -103,6 +111,8 @@ def save_checkpoint(
             value = value.to(dtype)
         tensors[key] = value.contiguous()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    if audio_encoder is not None:
+        meta["audio_encoder_config"] = audio_encoder.config.to_json_string()
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -153,7 +163,7 @@ def load_checkpoint(
 
     config = read_config(path)
     with safe_open(str(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("audio_encoder.")}
     model = LoopyModel(config)
     has_vae = any(k.startswith("vae.") for k in state)
     needs_vae = any(k.startswith("vae.") for k in model.state_dict())
@@ -172,3 +182,19 @@ def load_checkpoint(
     load_state_into(model, state, f"Checkpoint {str(path)!r}", allow_missing=() if has_vae else ("vae.",))
     model.requires_grad_(False)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def load_embedded_audio_encoder(path: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32):
+    """The wav2vec2 embedded in a Loopy checkpoint, or None when the file has none."""
+    meta = read_metadata(path)
+    if "audio_encoder_config" not in meta:
+        return None
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    encoder = Wav2Vec2Model(Wav2Vec2Config.from_dict(json.loads(meta["audio_encoder_config"])))
+    prefix = "audio_encoder."
+    with safe_open(str(path), framework="pt") as f:
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    load_state_into(encoder, state, f"Audio encoder in {str(path)!r}", allow_missing=("masked_spec_embed",))
+    encoder.requires_grad_(False)
+    return encoder.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,241 @@
+"""`LoopyPipeline`: portrait + speech -> talking video, clip after clip. The one generation loop of the package.
+
+The ComfyUI nodes, the CLI (`loopy generate`, `loopy demo`), evaluation and training's validation all call this
+file; nothing else runs the denoising loop. Per video (DESIGN.md Sec. 4):
+1. the reference image is encoded once (VAE latents + ReferenceNet reference tokens, reused by every clip);
+2. the audio features are computed once (`encode_audio`);
+and per clip of F frames (`run_clip`):
+3. TSM over the bounded history of generated latents -> M motion-frame latents (video start padded as in training);
+4. ReferenceNet once on the motion frames -> motion-frame features for the inter-clip layers;
+5. audio-to-latents once -> motion tokens with and without audio;
+6. `steps` scheduler steps; each runs the three guidance branches as one batched forward (or one after another
+   with `sequential_guidance`) and combines them with `guidance.combine`;
+7. the clip's latents join the history (cropped to the TSM's span) and are decoded in slices.
+Frames are handed out clip by clip, so a caller can stream them to a file. The last clip is trimmed so a video has
+`ceil(duration * fps)` frames. Noise comes from a CPU generator seeded once per video: same seed, same frames.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import diffusers
+import torch
+
+from . import guidance
+from .audio import AudioFeatures, extract_audio_features
+from .image import prepare_reference, to_image_tensor
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "heun": "HeunDiscreteScheduler",
+}
+
+
+class GenerationCancelled(Exception):
+    """Raised between steps when the caller's `cancel()` returns True."""
+
+
+def make_scheduler(name: str, noise) -> Any:
+    """A diffusers scheduler by short name (`SCHEDULERS`) or class name, on the model's noise schedule."""
+    class_name = SCHEDULERS.get(name.lower(), name)
+    cls = getattr(diffusers, class_name, None)
+    if cls is None or not class_name.endswith("Scheduler"):
+        raise ValueError(f"Unknown scheduler {name!r}; use one of {sorted(SCHEDULERS)} or a diffusers class name")
+    base = dict(noise.scheduler_kwargs(), clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in base.items() if k in accepted})
+
+
+@dataclass
+class GenerationOptions:
+    """Sampling options; `None` scales mean the model's recommended ones (its `config.guidance`)."""
+
+    steps: int = 25
+    scheduler: str = "ddim"
+    audio_guidance_scale: guidance.Scale | None = None
+    ref_guidance_scale: guidance.Scale | None = None
+    seed: int = 0
+    motion_stats: Any = None  # [2] head-movement and expression variance: motion-intensity control
+    sequential_guidance: bool = False  # lower memory: three forwards per step instead of one of batch 3
+    decode_slice_size: int = 8
+
+    def check(self) -> None:
+        if not 1 <= int(self.steps) <= 1000:
+            raise ValueError(f"steps must be in 1..1000, got {self.steps}")
+        if self.decode_slice_size < 1:
+            raise ValueError(f"decode_slice_size must be >= 1, got {self.decode_slice_size}")
+
+
+@dataclass
+class VideoState:
+    """What carries from clip to clip: the reference's encodings, the bounded history and the noise generator."""
+
+    ref_latents: torch.Tensor  # [1, C, h, w]
+    ref_tokens: dict[str, torch.Tensor]  # ReferenceNet attn1 inputs of the reference
+    generator: torch.Generator
+    history: torch.Tensor | None = None  # [1, C, T, h, w], T <= TSM span
+    frames_done: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+class LoopyPipeline:
+    def __init__(self, model, audio_encoder=None):
+        self.model = model.eval()
+        self.audio_encoder = audio_encoder
+        self.config = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.denoiser.parameters()).dtype
+
+    # ---- 1. audio
+    def encode_audio(self, waveform, sample_rate: int, fps: float | None = None, max_seconds=None) -> AudioFeatures:
+        if self.audio_encoder is None:
+            raise ValueError("this pipeline has no audio encoder; load one (wav2vec2 folder) or pass audio features")
+        return extract_audio_features(
+            waveform, sample_rate, fps or self.config.fps, self.audio_encoder, self.config.audio, max_seconds
+        )
+
+    # ---- 2. reference and history
+    @torch.no_grad()
+    def start_video(self, image, seed: int = 0, frames=None) -> VideoState:
+        """Encode the reference once; `frames` (IMAGE `[T, H, W, 3]`) continue an earlier video."""
+        pixels = prepare_reference(image, self.config.resolution).to(self.device, self.dtype)
+        ref_latents = self.model.vae.encode(pixels).to(self.dtype)
+        ref_tokens, _ = self.model.reference_net(ref_latents, None)
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        state = VideoState(ref_latents=ref_latents, ref_tokens=ref_tokens, generator=generator)
+        if frames is not None:
+            state.history = self.encode_frames(frames)
+        return state
+
+    @torch.no_grad()
+    def encode_frames(self, frames) -> torch.Tensor:
+        """IMAGE frames `[T, H, W, 3]` (0..1) -> history latents `[1, C, T', h, w]`, the last TSM span only."""
+        frames = torch.as_tensor(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"motion frames must be an IMAGE batch [T, H, W, 3], got {tuple(frames.shape)}")
+        frames = frames[-self.model.tsm.span :]
+        pixels = torch.cat([prepare_reference(f, self.config.resolution) for f in frames])
+        latents = self.model.vae.encode(pixels.to(self.device, self.dtype)).to(self.dtype)
+        return latents.permute(1, 0, 2, 3)[None]  # [1, C, T, h, w]
+
+    # ---- 3. one clip
+    @torch.no_grad()
+    def run_clip(
+        self,
+        state: VideoState,
+        audio: AudioFeatures,
+        clip_index: int,
+        options: GenerationOptions | None = None,
+        callback: Callable[[dict], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> torch.Tensor:
+        """Generate clip `clip_index` of the video; returns its frames as IMAGE `[n, H, W, 3]` (n <= F, the last
+        clip trimmed to the audio) and appends their latents to `state.history`."""
+        options = options or GenerationOptions()
+        options.check()
+        model, cfg = self.model, self.config
+        device, dtype = self.device, self.dtype
+        F_ = cfg.frames_per_clip
+        num_clips = math.ceil(audio.num_frames / F_)
+        if not 0 <= clip_index < num_clips:
+            raise ValueError(f"clip_index {clip_index} is outside 0..{num_clips - 1} for {audio.num_frames} frames")
+        start = clip_index * F_
+        keep = min(F_, audio.num_frames - start)
+
+        # 1. TSM over the history -> motion frames; ReferenceNet on them
+        motion = model.tsm(state.history, state.ref_latents)  # [1, C, M, h, w]
+        _, motion_feats = model.reference_net(None, motion)
+        # 2. motion tokens for this clip's audio windows (edge frames repeated past the end)
+        idx = torch.arange(start, start + F_).clamp(max=audio.num_frames - 1)
+        feats = audio.feats[idx][None].to(device, dtype)  # [1, F, 2w+1, L, D]
+        stats = None
+        if options.motion_stats is not None:
+            stats = torch.as_tensor(options.motion_stats, dtype=dtype, device=device).reshape(1, -1)
+        with_audio, no_audio = model.motion_tokens(feats, stats)
+        # 3. the three guidance branches (BRANCHES order: uncond, ref, full)
+        zero_ref = {k: torch.zeros_like(v) for k, v in state.ref_tokens.items()}
+        branches = [(zero_ref, no_audio), (state.ref_tokens, no_audio), (state.ref_tokens, with_audio)]
+        batched = None
+        if not options.sequential_guidance:
+            batched = (
+                {k: torch.cat([b[0][k] for b in branches]) for k in state.ref_tokens},
+                torch.cat([b[1] for b in branches]),
+                {k: v.repeat(3, 1, 1, 1) for k, v in motion_feats.items()},
+            )
+        audio_scale = cfg.guidance.audio_scale if options.audio_guidance_scale is None else options.audio_guidance_scale
+        ref_scale = cfg.guidance.ref_scale if options.ref_guidance_scale is None else options.ref_guidance_scale
+
+        # 4. denoising loop
+        scheduler = make_scheduler(options.scheduler, cfg.noise)
+        scheduler.set_timesteps(int(options.steps), device=device)
+        timesteps = scheduler.timesteps
+        shape = (1, cfg.latent_channels, F_, cfg.latent_size, cfg.latent_size)
+        latents = torch.randn(shape, generator=state.generator, dtype=torch.float32).to(device)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {"generator": state.generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for i, t in enumerate(timesteps):
+            if cancel is not None and cancel():
+                raise GenerationCancelled(f"cancelled at clip {clip_index}, step {i}")
+            x = scheduler.scale_model_input(latents, t).to(dtype)
+            r = guidance.scale_at(ref_scale, i, len(timesteps))
+            a = guidance.scale_at(audio_scale, i, len(timesteps))
+            if r == 1.0 and a == 1.0:  # guidance reduces to the fully conditioned branch
+                pred = model.denoiser(x, t, with_audio, state.ref_tokens, motion_feats)
+            elif batched is not None:
+                out = model.denoiser(x.repeat(3, 1, 1, 1, 1), t, batched[1], batched[0], batched[2])
+                pred = guidance.combine_batched(out.float(), r, a)
+            else:
+                outs = [model.denoiser(x, t, tok, rt, motion_feats).float() for rt, tok in branches]
+                pred = guidance.combine(*outs, ref_scale=r, audio_scale=a)
+            latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
+            if callback is not None:
+                callback({"clip": clip_index, "clips": num_clips, "step": i + 1, "steps": len(timesteps)})
+
+        # 5. history (bounded by the TSM's span) and sliced decode
+        latents = latents[:, :, :keep].to(dtype)
+        history = latents if state.history is None else torch.cat([state.history, latents], dim=2)
+        state.history = history[:, :, -model.tsm.span :]
+        state.frames_done = start + keep
+        flat = latents[0].permute(1, 0, 2, 3)  # [n, C, h, w]
+        pixels = model.vae.decode(flat, slice_size=options.decode_slice_size)
+        return to_image_tensor(pixels)
+
+    # ---- 4. whole video
+    def clips(
+        self,
+        image,
+        audio: AudioFeatures,
+        options: GenerationOptions | None = None,
+        callback: Callable[[dict], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        state: VideoState | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield each clip's frames (IMAGE `[n, H, W, 3]`) as soon as it is done."""
+        options = options or GenerationOptions()
+        options.check()
+        state = state or self.start_video(image, options.seed)
+        for k in range(math.ceil(audio.num_frames / self.config.frames_per_clip)):
+            yield self.run_clip(state, audio, k, options, callback, cancel)
+
+    def __call__(self, image, audio: AudioFeatures, options: GenerationOptions | None = None, **kwargs) -> torch.Tensor:
+        """All frames of the video, IMAGE `[ceil(duration * fps), H, W, 3]`."""
+        return torch.cat(list(self.clips(image, audio, options, **kwargs)))

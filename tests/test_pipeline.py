@@ -1,0 +1,185 @@
+"""The generation pipeline and `loopy generate` on a tiny random model (from `loopy init --config tiny`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from loopy_core.audio import tiny_wav2vec2
+from loopy_core.checkpoint import load_checkpoint, load_embedded_audio_encoder, save_checkpoint
+from loopy_core.cli import main
+from loopy_core.config import LoopyConfig
+from loopy_core.models import LoopyModel
+from loopy_core.pipeline import GenerationCancelled, GenerationOptions, LoopyPipeline
+from loopy_core.video import read_video, save_wav
+
+FPS = 25
+STEPS = 3
+
+
+def speech(seconds: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A speech-like test signal: a 150 Hz buzz under a 4 Hz syllable envelope, plus a little noise."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    rng = np.random.default_rng(seed)
+    env = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))
+    return (0.3 * env * np.sin(2 * np.pi * 150 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    torch.manual_seed(0)
+    cfg = LoopyConfig.tiny()
+    model = LoopyModel(cfg)
+    for name, p in model.named_parameters():  # give the zero-initialised temporal outputs "trained" values
+        if "proj_out" in name:
+            p.data.normal_(0, 0.05)
+    ckpt = save_checkpoint(model, root / "tiny.safetensors", audio_encoder=tiny_wav2vec2(cfg.audio))
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((90, 70, 3)) * 255).astype(np.uint8)).save(root / "face.png")
+    save_wav(root / "speech.wav", speech(1.3), 16000)
+    return root, ckpt
+
+
+@pytest.fixture(scope="module")
+def pipe(files):
+    _, ckpt = files
+    return LoopyPipeline(load_checkpoint(ckpt), load_embedded_audio_encoder(ckpt))
+
+
+def image():
+    return np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "seconds,frames", [(0.2, 5), (12 / FPS, 12), (24 / FPS, 24), (25 / FPS, 25)]
+)  # shorter than a clip, exactly 1 and 2 clips, 2 clips + 1 frame
+def test_frame_count_follows_audio_length(pipe, seconds, frames):
+    audio = pipe.encode_audio(speech(seconds), 16000)
+    assert audio.num_frames == frames == math.ceil(seconds * FPS - 1e-9)
+    out = pipe(image(), audio, GenerationOptions(steps=1))
+    assert out.shape == (frames, 64, 64, 3) and out.dtype == torch.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_same_seed_same_frames_other_seed_other_frames(pipe):
+    audio = pipe.encode_audio(speech(0.6), 16000)
+    a = pipe(image(), audio, GenerationOptions(steps=STEPS, seed=5))
+    b = pipe(image(), audio, GenerationOptions(steps=STEPS, seed=5))
+    c = pipe(image(), audio, GenerationOptions(steps=STEPS, seed=6))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_sequential_guidance_equals_batched(pipe):
+    audio = pipe.encode_audio(speech(0.5), 16000)
+    batched = pipe(image(), audio, GenerationOptions(steps=STEPS, audio_guidance_scale=2.0, ref_guidance_scale=1.5))
+    sequential = pipe(
+        image(), audio,
+        GenerationOptions(steps=STEPS, audio_guidance_scale=2.0, ref_guidance_scale=1.5, sequential_guidance=True),
+    )
+    torch.testing.assert_close(batched, sequential, atol=1e-4, rtol=0)
+
+
+def test_unit_scales_give_the_fully_conditioned_prediction(pipe):
+    """With ref = audio = 1, the shortcut (one branch) equals the three-branch combination."""
+    audio = pipe.encode_audio(speech(0.5), 16000)
+    shortcut = pipe(image(), audio, GenerationOptions(steps=STEPS, audio_guidance_scale=1.0, ref_guidance_scale=1.0))
+    schedule = [1.0, 1.0 + 1e-12]  # same numbers, but not equal to 1.0 exactly: forces all three branches
+    full = pipe(image(), audio, GenerationOptions(steps=STEPS, audio_guidance_scale=schedule, ref_guidance_scale=1.0))
+    torch.testing.assert_close(shortcut, full, atol=1e-4, rtol=0)
+
+
+def test_history_never_exceeds_the_tsm_span(pipe):
+    audio = pipe.encode_audio(speech(6.0), 16000)  # 150 frames > 124-frame span
+    state = pipe.start_video(image(), seed=0)
+    sizes = []
+    for k in range(math.ceil(audio.num_frames / 12)):
+        pipe.run_clip(state, audio, k, GenerationOptions(steps=1))
+        sizes.append(state.history.shape[2])
+    assert max(sizes) == pipe.model.tsm.span == 124
+    assert sizes[:3] == [12, 24, 36] and sizes[-1] == 124
+
+
+def test_callback_reports_every_step_and_cancel_stops(pipe):
+    audio = pipe.encode_audio(speech(1.0), 16000)  # 25 frames = 3 clips
+    seen = []
+    pipe(image(), audio, GenerationOptions(steps=2), callback=seen.append)
+    assert [(i["clip"], i["step"]) for i in seen] == [(c, s) for c in range(3) for s in (1, 2)]
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3  # after 3 steps
+
+    with pytest.raises(GenerationCancelled):
+        pipe(image(), audio, GenerationOptions(steps=2), cancel=cancel)
+    assert len(calls) == 4
+
+
+def test_continuing_from_frames_changes_the_motion_frames(pipe):
+    audio = pipe.encode_audio(speech(0.5), 16000)
+    first = pipe(image(), audio, GenerationOptions(steps=2))
+    state = pipe.start_video(image(), seed=0, frames=first)
+    assert state.history.shape[2] == first.shape[0]
+    cont = pipe.run_clip(state, audio, 0, GenerationOptions(steps=2))
+    fresh = pipe.run_clip(pipe.start_video(image(), seed=0), audio, 0, GenerationOptions(steps=2))
+    assert (cont - fresh).abs().max() > 1e-4
+
+
+def test_generate_cli_writes_mp4_with_audio(files, capsys):
+    root, ckpt = files
+    out = root / "out.mp4"
+    argv = ["generate", "--image", str(root / "face.png"), "--audio", str(root / "speech.wav"), "--out", str(out),
+            "--model", str(ckpt), "--steps", "2", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    assert "33 frames" in capsys.readouterr().out  # ceil(1.3 s * 25)
+    video = read_video(out)
+    assert video.frames.shape == (33, 64, 64, 3) and video.fps == pytest.approx(25)
+    assert video.audio is not None
+    assert abs(video.audio.shape[1] / video.sample_rate - 33 / 25) <= 1 / 25 + 0.03  # AAC priming
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--image": "missing.png"}, "missing.png"),
+        ({"--audio": "missing.wav"}, "missing.wav"),
+        ({"--scheduler": "warp"}, "Unknown scheduler 'warp'"),
+        ({"--out": "video.avi"}, "must be an .mp4"),
+        ({"--audio": "silence.wav"}, "silent"),
+        ({"--audio": "long.wav", "--max-seconds": "2"}, "--max-seconds"),
+        ({"--image": "notes.png"}, "not a readable image"),
+        ({"--steps": "0"}, "steps must be"),
+        ({"--audio-cfg": "loud"}, "not a number"),
+    ],
+)
+def test_generate_bad_inputs(files, change, message, capsys, tmp_path, monkeypatch):
+    root, ckpt = files
+    monkeypatch.chdir(tmp_path)
+    save_wav(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    save_wav(tmp_path / "long.wav", speech(3.0), 16000)
+    (tmp_path / "notes.png").write_text("not an image")
+    args = {"--image": str(root / "face.png"), "--audio": str(root / "speech.wav"), "--out": "out.mp4",
+            "--model": str(ckpt), "--steps": "1", "--device": "cpu"}
+    args.update(change)
+    argv = ["generate", "--quiet"] + [x for kv in args.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_interrupted_generate_leaves_no_file(files, pipe, tmp_path):
+    from loopy_core.render import render_video
+
+    root, _ = files
+    out = tmp_path / "x.mp4"
+    with pytest.raises(GenerationCancelled):
+        render_video(pipe, image(), speech(1.0)[None], 16000, out, GenerationOptions(steps=2), progress=False,
+                     cancel=lambda: True)
+    assert list(tmp_path.iterdir()) == []
