@@ -27,7 +27,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VideoData", "VideoWriter", "load_audio", "read_video", "save_wav", "to_uint8_frames"]
+# Sample rates the AAC encoder accepts; other rates are resampled to 48 kHz before muxing.
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+__all__ = ["VideoData", "VideoWriter", "load_audio", "make_temp_path", "read_video", "save_wav", "to_uint8_frames"]
 
 
 def to_uint8_frames(frames: Any) -> np.ndarray:
@@ -57,6 +60,16 @@ def _as_channels_first(waveform: Any, what: str) -> np.ndarray:
     if waveform.ndim != 2 or waveform.shape[0] > 8:
         raise ValueError(f"{what} must be [C, N] or [N] with at most 8 channels, got shape {tuple(waveform.shape)}")
     return waveform
+
+
+def make_temp_path(path: str, suffix: str) -> str:
+    """A new empty file beside `path` (same folder, so the final rename is atomic), readable like a normal file."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the final file the usual permissions
+    return tmp
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -97,6 +110,13 @@ class VideoWriter:
             if self.audio.shape[0] > 2:
                 raise ValueError(f"audio must be mono or stereo, got {self.audio.shape[0]} channels")
             self.sample_rate = int(sample_rate)
+            if self.sample_rate not in _AAC_RATES:
+                import torch
+                import torchaudio
+
+                logger.info("resampling the audio from %d Hz to 48000 Hz for AAC", self.sample_rate)
+                resampled = torchaudio.functional.resample(torch.from_numpy(self.audio), self.sample_rate, 48000)
+                self.audio, self.sample_rate = resampled.numpy(), 48000
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"output folder does not exist: {folder}")
@@ -107,8 +127,7 @@ class VideoWriter:
         self._video_stream = None
         self._audio_stream = None
         self._closed = False
-        fd, self._tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=folder)
-        os.close(fd)
+        self._tmp_path = make_temp_path(self.path, ".mp4")
 
     # context manager -------------------------------------------------------------------------------------------
     def __enter__(self) -> VideoWriter:

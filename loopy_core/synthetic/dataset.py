@@ -35,11 +35,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from ..video import VideoWriter, make_temp_path
 from .speech import SPEECH_KINDS, espeak_available
 from .world import child_seeds, make_sample
 
@@ -64,10 +64,10 @@ def _jsonable(value: Any) -> Any:
 
 def _write_json(path: str, data: dict) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+    tmp = make_temp_path(path, ".json")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=1)
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(data), f, separators=(",", ":"))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -79,8 +79,7 @@ def _save_png(path: str, image) -> None:
     from PIL import Image
 
     array = (image.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
+    tmp = make_temp_path(path, ".png")
     try:
         Image.fromarray(array).save(tmp, format="PNG")
         os.replace(tmp, path)
@@ -101,8 +100,6 @@ def write_dataset(
     crf: int = 18,
 ) -> dict:
     """Render `videos` synthetic samples into `out_dir` (see the module docstring); returns the index dict."""
-    from ..video import VideoWriter
-
     if int(videos) < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     if not np.isfinite(seconds) or seconds <= 0:
