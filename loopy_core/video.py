@@ -267,30 +267,43 @@ def _check_file(path: str | os.PathLike, what: str) -> str:
     return path
 
 
-def _decode_audio(container, stream) -> tuple[np.ndarray, int]:
-    """All samples of an audio stream as float32 [C, N], cut to the stream's declared duration."""
-    import av
+class _AudioCollector:
+    """Gathers decoded audio frames of one stream as float32 [C, N], cut to the stream's declared duration."""
 
-    resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-    chunks = []
+    def __init__(self, stream) -> None:
+        import av
+
+        self.stream = stream
+        layout = stream.layout.name if stream.layout is not None else None
+        self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=stream.rate)
+        self.chunks: list[np.ndarray] = []
+
+    def add(self, frame) -> None:
+        self.chunks.extend(out.to_ndarray() for out in self.resampler.resample(frame))
+
+    def finish(self) -> tuple[np.ndarray, int]:
+        self.add(None)  # flush the resampler
+        stream = self.stream
+        sample_rate = int(stream.rate)
+        channels = stream.channels or 1
+        audio = np.concatenate(self.chunks, axis=1) if self.chunks else np.zeros((channels, 0), np.float32)
+        if stream.duration is not None and stream.time_base is not None:
+            # AAC pads its last frame; the container's duration says where the real signal ends
+            declared = round(float(stream.duration * stream.time_base) * sample_rate)
+            if 0 < declared < audio.shape[1]:
+                audio = audio[:, :declared]
+        return audio.astype(np.float32, copy=False), sample_rate
+
+
+def _decode_audio(container, stream) -> tuple[np.ndarray, int]:
+    collector = _AudioCollector(stream)
     for frame in container.decode(stream):
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray())
-    for out in resampler.resample(None):
-        chunks.append(out.to_ndarray())
-    sample_rate = int(stream.rate)
-    channels = stream.channels or 1
-    audio = np.concatenate(chunks, axis=1).astype(np.float32) if chunks else np.zeros((channels, 0), np.float32)
-    if stream.duration is not None and stream.time_base is not None:
-        # AAC pads its last frame; the container's duration says where the real signal ends
-        declared = round(float(stream.duration * stream.time_base) * sample_rate)
-        if 0 < declared < audio.shape[1]:
-            audio = audio[:, :declared]
-    return audio, sample_rate
+        collector.add(frame)
+    return collector.finish()
 
 
 def read_video(path: str | os.PathLike) -> VideoData:
-    """Decode a whole video file (frames as RGB uint8) and its first audio stream, if any."""
+    """Decode a whole video file (frames as RGB uint8) and its first audio stream, if any, in one pass."""
     import av
 
     path = _check_file(path, "video file")
@@ -304,16 +317,21 @@ def read_video(path: str | os.PathLike) -> VideoData:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 25.0
+        audio_stream = container.streams.audio[0] if container.streams.audio else None
+        collector = _AudioCollector(audio_stream) if audio_stream is not None else None
+        frames = []
         try:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+            for packet in container.demux(*[s for s in (stream, audio_stream) if s is not None]):
+                for frame in packet.decode():
+                    if packet.stream is stream:
+                        frames.append(frame.to_ndarray(format="rgb24"))
+                    else:
+                        collector.add(frame)
         except av.error.FFmpegError as e:
             raise ValueError(f"not a video file (decoding failed): {path}: {e}") from e
         if not frames:
             raise ValueError(f"video file has no frames: {path}")
-        audio, sample_rate = None, None
-        if container.streams.audio:
-            container.seek(0)
-            audio, sample_rate = _decode_audio(container, container.streams.audio[0])
+        audio, sample_rate = collector.finish() if collector is not None else (None, None)
     return VideoData(frames=np.stack(frames), fps=fps, audio=audio, sample_rate=sample_rate)
 
 

@@ -33,7 +33,7 @@ def run(args) -> int:
     )
     frames = sum(v["num_frames"] for v in index["videos"])
     print(
-        f"wrote {len(index['videos'])} videos ({frames} frames, {args.size}x{args.size}, {args.fps:g} fps, "
+        f"wrote {len(index['videos'])} video(s) ({frames} frames, {args.size}x{args.size}, {args.fps:g} fps, "
         f"{args.speech} speech) to {args.out} in {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -123,8 +123,8 @@ class FaceState:
     @classmethod
     def neutral(cls, num_frames: int = 1) -> FaceState:
         """Mouth closed, eyes open, head centred and upright."""
-        zeros = np.zeros(num_frames)
-        return cls(zeros, np.ones(num_frames), zeros, zeros, zeros, zeros, zeros)
+        zeros = [np.zeros(num_frames) for _ in range(6)]  # separate arrays, so callers can edit one field
+        return cls(zeros[0], np.ones(num_frames), *zeros[1:])
 
     def as_tensors(self, sl: slice = slice(None)) -> dict[str, torch.Tensor]:
         """The fields of frames `sl` as float32 tensors [t, 1, 1], ready to broadcast over pixels."""
