@@ -194,6 +194,24 @@ def _mono_to_target(wave: torch.Tensor, sample_rate: int, target_rate: int) -> t
     return (wave - wave.mean()).contiguous()
 
 
+LOGMEL_HOP = 320  # 16 kHz / 320 = 50 Hz, the same frame rate as wav2vec2
+LOGMEL_FLOOR = 1e-5
+
+
+def logmel_features(wave16k: torch.Tensor, n_mels: int, sample_rate: int = WAV2VEC2_SAMPLE_RATE) -> torch.Tensor:
+    """Weight-free audio features: a log-mel spectrogram at 50 Hz, `[T50, 1, n_mels]` (one "layer").
+
+    25 ms windows (400 samples) every 20 ms, 40-bin mel scale up to 8 kHz by default; log with a floor, then shifted
+    and scaled to roughly unit range (a fixed affine map, the same for every file, so loudness still shows)."""
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=400, win_length=400, hop_length=LOGMEL_HOP, n_mels=n_mels, center=True
+    )(wave16k.float()[None])[0]  # [n_mels, T50 + 1]
+    logmel = (torch.log(mel + LOGMEL_FLOOR) + 5.0) / 5.0
+    return logmel.T[:-1, None, :].contiguous() if logmel.shape[1] > 1 else logmel.T[:, None, :].contiguous()
+
+
 def frames_for_duration(num_samples: int, sample_rate: int, fps: float) -> int:
     """Video frames that cover `num_samples` of audio: `ceil(duration * fps)`.
 
@@ -682,8 +700,9 @@ def extract_audio_features(
     `max_seconds`, or when the waveform is unusable (see `prepare_waveform`).
     """
     # 1. inputs
-    _check_is_wav2vec2(encoder)
-    check_encoder_shape(encoder.config.num_hidden_layers, encoder.config.hidden_size, config)
+    if config.kind == "wav2vec2":
+        _check_is_wav2vec2(encoder)
+        check_encoder_shape(encoder.config.num_hidden_layers, encoder.config.hidden_size, config)
     fps = _check_fps(fps)
     mono, sample_rate = _mono_source(waveform, sample_rate)
     duration_s = mono.numel() / sample_rate
@@ -691,8 +710,11 @@ def extract_audio_features(
     num_frames = frames_for_duration(mono.numel(), sample_rate, fps)
     # 2. 16 kHz mono, DC removed
     wave16k = _mono_to_target(mono, sample_rate, _check_sample_rate(config.sample_rate, "config.sample_rate"))
-    # 3. wav2vec2 -> frames -> windows
-    feats50 = encode_wav2vec2(encoder, wave16k, chunk_seconds=chunk_seconds)
+    # 3. wav2vec2 (or log-mel) -> frames -> windows
+    if config.kind == "logmel":
+        feats50 = logmel_features(wave16k, config.feature_dim, config.sample_rate)
+    else:
+        feats50 = encode_wav2vec2(encoder, wave16k, chunk_seconds=chunk_seconds)
     features = _build_features(feats50, num_frames, fps, duration_s, sample_rate, config, wave16k)
     logger.info(
         "audio %.2f s at %d Hz -> %d wav2vec2 frames -> %d video frames at %g fps (%d layers x %d)",

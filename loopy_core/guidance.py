@@ -9,7 +9,9 @@ Notation (<variable> -> paper):
     e = e_uncond + ref_scale * (e_ref - e_uncond) + audio_scale * (e_full - e_ref)
 
 Motion frames are kept in all three branches. The branches run as one batch in the order of `BRANCHES`, split
-with `chunk(3)`; with `ref_scale = audio_scale = 1` the result is exactly `e_full`.
+with `chunk(3)`; with `ref_scale = audio_scale = 1` the result is exactly `e_full`. Written as a weighted sum,
+`e = (1 - ref_scale) e_uncond + (ref_scale - audio_scale) e_ref + audio_scale e_full`, so a branch whose weight is
+zero need not run at all (`branch_weights`): `ref_scale = 1` drops the unconditional branch, for example.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def combine_batched(pred: torch.Tensor, ref_scale: float, audio_scale: float) ->
     if pred.shape[0] % 3:
         raise ValueError(f"batched guidance needs a batch that is a multiple of 3, got {pred.shape[0]}")
     return combine(*pred.chunk(3), ref_scale=ref_scale, audio_scale=audio_scale)
+
+
+def branch_weights(ref_scale: float, audio_scale: float) -> tuple[float, float, float]:
+    """Weights of (e_uncond, e_ref, e_full) in the combined prediction; they sum to 1."""
+    return (1.0 - ref_scale, ref_scale - audio_scale, audio_scale)
 
 
 def scale_at(scale: Scale, step: int, num_steps: int) -> float:

@@ -9,7 +9,8 @@ and per clip of F frames (`run_clip`):
 4. ReferenceNet once on the motion frames -> motion-frame features for the inter-clip layers;
 5. audio-to-latents once -> motion tokens with and without audio;
 6. `steps` scheduler steps; each runs the three guidance branches as one batched forward (or one after another
-   with `sequential_guidance`) and combines them with `guidance.combine`;
+   with `sequential_guidance`) and combines them as `guidance` says; a branch whose weight is zero at the current
+   scales (`guidance.branch_weights`) is skipped;
 7. the clip's latents join the history (cropped to the TSM's span) and are decoded in slices.
 Frames are handed out clip by clip, so a caller can stream them to a file. The last clip is trimmed so a video has
 `ceil(duration * fps)` frames. Noise comes from a CPU generator seeded once per video: same seed, same frames.
@@ -63,7 +64,7 @@ def make_scheduler(name: str, noise) -> Any:
 class GenerationOptions:
     """Sampling options; `None` scales mean the model's recommended ones (its `config.guidance`)."""
 
-    steps: int = 25
+    steps: int | None = None  # None: the model's recommended steps (paper: 25)
     scheduler: str = "ddim"
     audio_guidance_scale: guidance.Scale | None = None
     ref_guidance_scale: guidance.Scale | None = None
@@ -73,7 +74,7 @@ class GenerationOptions:
     decode_slice_size: int = 8
 
     def check(self) -> None:
-        if not 1 <= int(self.steps) <= 1000:
+        if self.steps is not None and not 1 <= int(self.steps) <= 1000:
             raise ValueError(f"steps must be in 1..1000, got {self.steps}")
         if self.decode_slice_size < 1:
             raise ValueError(f"decode_slice_size must be >= 1, got {self.decode_slice_size}")
@@ -107,7 +108,7 @@ class LoopyPipeline:
 
     # ---- 1. audio
     def encode_audio(self, waveform, sample_rate: int, fps: float | None = None, max_seconds=None) -> AudioFeatures:
-        if self.audio_encoder is None:
+        if self.audio_encoder is None and self.config.audio.kind == "wav2vec2":
             raise ValueError("this pipeline has no audio encoder; load one (wav2vec2 folder) or pass audio features")
         return extract_audio_features(
             waveform, sample_rate, fps or self.config.fps, self.audio_encoder, self.config.audio, max_seconds
@@ -174,19 +175,30 @@ class LoopyPipeline:
         # 3. the three guidance branches (BRANCHES order: uncond, ref, full)
         zero_ref = {k: torch.zeros_like(v) for k, v in state.ref_tokens.items()}
         branches = [(zero_ref, no_audio), (state.ref_tokens, no_audio), (state.ref_tokens, with_audio)]
-        batched = None
-        if not options.sequential_guidance:
-            batched = (
-                {k: torch.cat([b[0][k] for b in branches]) for k in state.ref_tokens},
-                torch.cat([b[1] for b in branches]),
-                {k: v.repeat(3, 1, 1, 1) for k, v in motion_feats.items()},
-            )
         audio_scale = cfg.guidance.audio_scale if options.audio_guidance_scale is None else options.audio_guidance_scale
         ref_scale = cfg.guidance.ref_scale if options.ref_guidance_scale is None else options.ref_guidance_scale
+        batches: dict[tuple[int, ...], tuple] = {}  # which branches run together -> their batched conditions
+
+        def predict(x, t, weights):
+            """The guided prediction; branches with zero weight are skipped, the rest run as one batch."""
+            active = tuple(i for i, w in enumerate(weights) if w != 0.0)
+            if options.sequential_guidance:
+                outs = [model.denoiser(x, t, branches[i][1], branches[i][0], motion_feats).float() for i in active]
+            else:
+                if active not in batches:
+                    n = len(active)
+                    batches[active] = (
+                        torch.cat([branches[i][1] for i in active]),
+                        {k: torch.cat([branches[i][0][k] for i in active]) for k in state.ref_tokens},
+                        {k: v.repeat(n, 1, 1, 1) for k, v in motion_feats.items()} if n > 1 else motion_feats,
+                    )
+                tokens, ref, feats = batches[active]
+                outs = model.denoiser(x.repeat(len(active), 1, 1, 1, 1), t, tokens, ref, feats).float().chunk(len(active))
+            return sum(weights[i] * out for i, out in zip(active, outs))
 
         # 4. denoising loop
         scheduler = make_scheduler(options.scheduler, cfg.noise)
-        scheduler.set_timesteps(int(options.steps), device=device)
+        scheduler.set_timesteps(int(options.steps or cfg.guidance.steps), device=device)
         timesteps = scheduler.timesteps
         shape = (1, cfg.latent_channels, F_, cfg.latent_size, cfg.latent_size)
         latents = torch.randn(shape, generator=state.generator, dtype=torch.float32).to(device)
@@ -198,14 +210,7 @@ class LoopyPipeline:
             x = scheduler.scale_model_input(latents, t).to(dtype)
             r = guidance.scale_at(ref_scale, i, len(timesteps))
             a = guidance.scale_at(audio_scale, i, len(timesteps))
-            if r == 1.0 and a == 1.0:  # guidance reduces to the fully conditioned branch
-                pred = model.denoiser(x, t, with_audio, state.ref_tokens, motion_feats)
-            elif batched is not None:
-                out = model.denoiser(x.repeat(3, 1, 1, 1, 1), t, batched[1], batched[0], batched[2])
-                pred = guidance.combine_batched(out.float(), r, a)
-            else:
-                outs = [model.denoiser(x, t, tok, rt, motion_feats).float() for rt, tok in branches]
-                pred = guidance.combine(*outs, ref_scale=r, audio_scale=a)
+            pred = predict(x, t, guidance.branch_weights(r, a))
             latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
             if callback is not None:
                 callback({"clip": clip_index, "clips": num_clips, "step": i + 1, "steps": len(timesteps)})

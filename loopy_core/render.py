@@ -46,6 +46,8 @@ def load_audio_encoder(config, checkpoint=None, path=None, device="cpu", dtype=t
     from .audio import load_wav2vec2
     from .checkpoint import load_embedded_audio_encoder
 
+    if config.audio.kind == "logmel":
+        return None  # weight-free features
     if path is not None:
         return load_wav2vec2(path, device, dtype)
     if checkpoint is not None:
@@ -125,7 +127,8 @@ def render_video(
     audio = pipeline.encode_audio(waveform, sample_rate, fps, max_seconds)
     clips = math.ceil(audio.num_frames / pipeline.config.frames_per_clip)
     # 3. stream the clips
-    bar = tqdm(total=clips * options.steps, unit="step", disable=not progress, desc="loopy")
+    steps = options.steps or pipeline.config.guidance.steps
+    bar = tqdm(total=clips * steps, unit="step", disable=not progress, desc="loopy")
 
     def on_step(info: dict) -> None:
         bar.set_postfix_str(f"clip {info['clip'] + 1}/{info['clips']}")

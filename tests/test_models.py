@@ -165,6 +165,8 @@ def test_three_guidance_branches_in_one_batch_equal_separate_forwards(model):
     e_u, e_r, e_f = separate
     torch.testing.assert_close(e, e_u + 3.0 * (e_r - e_u) + 5.0 * (e_f - e_r), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(guidance.combine_batched(batched, 1.0, 1.0), e_f, atol=1e-5, rtol=1e-5)
+    weights = guidance.branch_weights(3.0, 5.0)
+    torch.testing.assert_close(sum(w * p for w, p in zip(weights, separate)), e, atol=1e-4, rtol=1e-4)
 
 
 def test_a2l_modalities_and_motion_statistics():

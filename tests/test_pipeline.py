@@ -86,12 +86,23 @@ def test_sequential_guidance_equals_batched(pipe):
 
 
 def test_unit_scales_give_the_fully_conditioned_prediction(pipe):
-    """With ref = audio = 1, the shortcut (one branch) equals the three-branch combination."""
+    """With ref = audio = 1 only the full branch runs; it equals the three-branch combination at nearby scales."""
     audio = pipe.encode_audio(speech(0.5), 16000)
     shortcut = pipe(image(), audio, GenerationOptions(steps=STEPS, audio_guidance_scale=1.0, ref_guidance_scale=1.0))
-    schedule = [1.0, 1.0 + 1e-12]  # same numbers, but not equal to 1.0 exactly: forces all three branches
-    full = pipe(image(), audio, GenerationOptions(steps=STEPS, audio_guidance_scale=schedule, ref_guidance_scale=1.0))
-    torch.testing.assert_close(shortcut, full, atol=1e-4, rtol=0)
+    all_three = GenerationOptions(steps=STEPS, audio_guidance_scale=1.0 + 2e-9, ref_guidance_scale=1.0 + 1e-9)
+    torch.testing.assert_close(shortcut, pipe(image(), audio, all_three), atol=1e-4, rtol=0)
+
+
+def test_ref_scale_one_skips_the_unconditional_branch(pipe, monkeypatch):
+    audio = pipe.encode_audio(speech(0.3), 16000)
+    batches = []
+    forward = pipe.model.denoiser.forward
+    monkeypatch.setattr(pipe.model.denoiser, "forward", lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k))
+    pipe(image(), audio, GenerationOptions(steps=2, audio_guidance_scale=2.0, ref_guidance_scale=1.0))
+    assert batches == [2, 2]
+    batches.clear()
+    pipe(image(), audio, GenerationOptions(steps=2, audio_guidance_scale=2.0, ref_guidance_scale=3.0))
+    assert batches == [3, 3]
 
 
 def test_history_never_exceeds_the_tsm_span(pipe):

@@ -7,7 +7,7 @@ import argparse
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     """Sampling flags shared by `generate` and `demo`."""
-    p.add_argument("--steps", type=int, default=25, help="denoising steps per clip (default 25)")
+    p.add_argument("--steps", type=int, help="denoising steps per clip (default: the model's, 25 for SD1.5 models)")
     p.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_a, dpmpp_2m, unipc, ... ")
     p.add_argument("--audio-cfg", help="audio guidance scale, or a schedule '6,4,2' (default: the model's)")
     p.add_argument("--ref-cfg", help="reference guidance scale, or a schedule (default: the model's)")

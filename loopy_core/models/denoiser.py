@@ -20,6 +20,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
+from torch import nn
 
 from ..config import TemporalConfig, UNetConfig
 from .attention import install_processors
@@ -35,7 +36,12 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
     @register_to_config
-    def __init__(self, unet_config: dict | None = None, temporal_config: dict | None = None):
+    def __init__(
+        self,
+        unet_config: dict | None = None,
+        temporal_config: dict | None = None,
+        tokens_to_timestep: bool = False,
+    ):
         super().__init__()
         unet_cfg = UNetConfig(**_tuples(unet_config))
         temporal_cfg = TemporalConfig(**_tuples(temporal_config))
@@ -43,6 +49,12 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
         self.attn1_names = install_processors(self.unet, "read")
         self.inter_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=True)
         self.intra_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=False)
+        # optional second audio path: pooled motion tokens -> timestep embedding (zero-init: no effect until trained)
+        self.token_to_timestep = None
+        if tokens_to_timestep:
+            self.token_to_timestep = nn.Linear(unet_cfg.cross_attention_dim, unet_cfg.block_out_channels[0] * 4)
+            nn.init.zeros_(self.token_to_timestep.weight)
+            nn.init.zeros_(self.token_to_timestep.bias)
         self.gradient_checkpointing = False
 
     @classmethod
@@ -86,6 +98,9 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             hidden = self.inter_clip.get(part, i, j)(hidden, F, context=feats)
             return self.intra_clip.get(part, i, j)(hidden, F)
 
+        emb_offset = None
+        if self.token_to_timestep is not None:
+            emb_offset = self.token_to_timestep(context.mean(dim=1))  # [(B F), temb]
         out = unet_forward(
             self.unet,
             x,
@@ -94,5 +109,6 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             cross_attention_kwargs={"ref_tokens": ref_tokens} if ref_tokens else None,
             after_layer=temporal,
             gradient_checkpointing=self.gradient_checkpointing and self.training,
+            emb_offset=emb_offset,
         )
         return rearrange(out, "(b f) c h w -> b c f h w", f=F)

@@ -41,7 +41,11 @@ class LoopyModel(nn.Module):
         super().__init__()
         self.config = config
         self.reference_net = ReferenceNet(unet_config=asdict(config.unet))
-        self.denoiser = LoopyDenoiser(unet_config=asdict(config.unet), temporal_config=asdict(config.temporal))
+        self.denoiser = LoopyDenoiser(
+            unet_config=asdict(config.unet),
+            temporal_config=asdict(config.temporal),
+            tokens_to_timestep=config.a2l.add_to_timestep,
+        )
         self.audio_to_latents = AudioToLatents(**a2l_kwargs(config))
         self.tsm = TemporalSegmentModule(config.tsm)
         self.vae = LatentCodec(config.vae)

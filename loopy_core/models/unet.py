@@ -45,6 +45,7 @@ def unet_forward(
     after_layer: AfterLayer | None = None,
     run_head: bool = True,
     gradient_checkpointing: bool = False,
+    emb_offset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run `unet` on `sample` `[N, C, h, w]` and return `[N, C_out, h, w]` (or the last up-block features when
     `run_head` is False, for the ReferenceNet, which has no output head).
@@ -56,6 +57,7 @@ def unet_forward(
         after_layer: called as `after_layer(part, block, layer, h)` with part in {"down", "mid", "up"}; its return
             value replaces `h`.
         gradient_checkpointing: recompute each layer in the backward pass (training memory).
+        emb_offset: `[N, temb]` added to the timestep embedding (audio tokens, when the model uses that path).
     """
     N = sample.shape[0]
     kwargs = dict(encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=cross_attention_kwargs)
@@ -65,6 +67,8 @@ def unet_forward(
     t = torch.as_tensor(timestep, device=sample.device)
     t = t.expand(N) if t.ndim == 0 else t
     emb = unet.time_embedding(unet.time_proj(t).to(sample.dtype))
+    if emb_offset is not None:
+        emb = emb + emb_offset.to(emb.dtype)
 
     # 2. pre-process
     h = unet.conv_in(sample)
