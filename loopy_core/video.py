@@ -154,7 +154,8 @@ class VideoWriter:
             raise ValueError(
                 f"H.264 yuv420p needs even frame sizes, got {width}x{height} (width x height); crop or pad the frames"
             )
-        self._container = av.open(self._tmp_path, mode="w", format="mp4")
+        # faststart moves the index to the front at close, so browsers (ComfyUI previews) play while downloading
+        self._container = av.open(self._tmp_path, mode="w", format="mp4", options={"movflags": "+faststart"})
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(self.crf)}

@@ -169,9 +169,7 @@ def _render_chunk(identity: FaceIdentity, state: dict, size: int, device: torch.
     fh = fw * identity.face_aspect
     yaw = state["yaw"]
     # 2. background and hair (the hair ellipse sits behind the face, raised a little)
-    image = torch.empty(t, size, size, 3, device=device).copy_(
-        torch.as_tensor(identity.background, dtype=torch.float32, device=device).expand(t, size, size, 3)
-    )
+    image = torch.tensor(identity.background, device=device).expand(t, size, size, 3).clone()
     hv = identity.hair_volume
     hair = _ellipse_sdf(x, y + 0.16 * fh, fw * hv * (1.0 - 0.04 * yaw.abs()), fh * hv * 0.95)
     image = _paint(image, _coverage(hair, pixel), identity.hair)
