@@ -111,7 +111,7 @@ def sampling_inputs() -> dict:
         "ref_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Reference guidance scale (w_ref): how strongly the identity follows the "
                                          "reference image. 0 = the model's recommended scale (paper: 3)."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "step": 1, "control_after_generate": True,
                          "tooltip": "Seed of the noise (drawn on the CPU: the same seed gives the same video on any "
                                     "device)."}),
     }
