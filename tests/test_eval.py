@@ -40,7 +40,7 @@ def talking():
 # --- estimators ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [1, 3, 5])
 def test_estimators_track_the_ground_truth(seed, talking):
-    sample = talking[0] if seed == 1 else make_sample(seed, 10.0, 64)
+    sample = talking[0] if seed == 1 else make_sample(seed, 6.0, 64)
     measured = measure_faces(sample.frames)
     truth = sample.truth["frames"]
     for key in ("mouth_open", "tx", "ty", "roll", "yaw"):
