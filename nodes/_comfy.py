@@ -132,6 +132,17 @@ def placement(choice: str) -> tuple[Any, Any]:
     return device, mm.unet_offload_device()
 
 
+def _patcher_root(module):
+    """A plain `nn.Module` holding `module`: what `ModelPatcher` wraps. ComfyUI writes its bookkeeping attributes
+    (`device`, `model_lowvram`, ...) onto the wrapped module, and transformers models have a read-only `device`;
+    on the container they touch nothing of ours, while moving it moves `module` too."""
+    import torch
+
+    root = type(type(module).__name__, (torch.nn.Module,), {})()  # ComfyUI logs "Requested to load <name>"
+    root.module = module
+    return root
+
+
 @dataclass(eq=False)
 class Managed:
     """A torch module, plus the `ModelPatcher` that lets ComfyUI's memory management place it (None outside)."""
@@ -144,7 +155,7 @@ class Managed:
         mp, mm = comfy_module("model_patcher"), model_management()
         if mp is None or mm is None:
             return cls(module)
-        patcher = mp.ModelPatcher(module, load_device=load_device, offload_device=offload_device,
+        patcher = mp.ModelPatcher(_patcher_root(module), load_device=load_device, offload_device=offload_device,
                                   size=mm.module_size(module))
         return cls(module, patcher)
 

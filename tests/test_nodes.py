@@ -368,8 +368,10 @@ def test_inside_comfyui_progress_interrupt_patcher_and_folders(nodes, models, mo
     if folders.bundled_dir() is not None:
         assert loopy_paths[-1] == str(folders.bundled_dir())
 
-    handle = run(nodes["LoopyModelLoader"], model_name=cg.DEMO_MODEL, base_model="none", dtype="auto", device="auto")[0]
-    assert handle.managed.patcher is calls["patchers"][0] and handle.managed.patcher.model is handle.managed.module
+    loader = nodes["LoopyModelLoader"]
+    handle = run(loader, model_name=cg.DEMO_MODEL, base_model="none", dtype="auto", device="auto")[0]
+    assert handle.managed.patcher is calls["patchers"][0]
+    assert handle.managed.patcher.model.module is handle.managed.module  # a container: comfy's attributes go there
     assert handle.audio_encoder.patcher is calls["patchers"][1]
     features = run(nodes["LoopyAudioEncode"], model=handle, audio=audio(0.5), fps=FPS, max_seconds=0.0)[0]
     motion = run(nodes["LoopyMotionFrames"], model=handle)[0]
