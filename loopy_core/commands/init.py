@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="assemble a starting checkpoint (SD1.5 + AnimateDiff where given, random elsewhere)")
-    p.add_argument("--config", choices=["tiny", "sd15"], default="sd15", help="config preset (default: sd15)")
+    p.add_argument("--config", choices=["tiny", "sd15", "demo"], default="sd15", help="config preset (default: sd15)")
     p.add_argument("--base", help="SD1.5 weights: a diffusers folder or a single-file .safetensors/.ckpt")
     p.add_argument("--animatediff", help="AnimateDiff v2 motion module (mm_sd_v15_v2) for the intra-clip layers")
     p.add_argument(

@@ -9,7 +9,7 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="print a model's parameter counts, TSM groups and conditioning shapes")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--config", choices=["tiny", "sd15"], help="a config preset (default: sd15)")
+    src.add_argument("--config", choices=["tiny", "sd15", "demo"], help="a config preset (default: sd15)")
     src.add_argument("--checkpoint", help="a Loopy .safetensors checkpoint (only its config is read)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

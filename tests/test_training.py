@@ -1,0 +1,192 @@
+"""Training: preprocessing with broken inputs, loss goes down in both stages, exact resume, DDP on two CPU
+processes, export -> generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from loopy_core.audio import tiny_wav2vec2
+from loopy_core.checkpoint import load_checkpoint, save_checkpoint
+from loopy_core.config import LoopyConfig
+from loopy_core.models import LoopyModel
+from training.config import TrainConfig
+from training.data import ShardDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Synthetic videos + three broken files -> shards, with a tiny starting checkpoint."""
+    from loopy_core.synthetic.dataset import write_dataset
+    from training.preprocess import main as preprocess
+
+    root = tmp_path_factory.mktemp("train")
+    videos = root / "videos"
+    write_dataset(videos, videos=3, seconds=2.0, size=64, seed=0)
+    (videos / "not_a_video.mp4").write_text("hello")
+    (videos / "empty.mp4").write_bytes(b"")
+    from loopy_core.video import VideoWriter
+
+    with VideoWriter(videos / "silent_film.mp4", fps=25) as w:  # no audio track
+        w.write(np.zeros((30, 64, 64, 3), np.uint8))
+    torch.manual_seed(0)
+    cfg = LoopyConfig.tiny()
+    init = save_checkpoint(LoopyModel(cfg), root / "init.safetensors", audio_encoder=tiny_wav2vec2(cfg.audio))
+    assert preprocess(["--videos", str(videos), "--out", str(root / "shards"), "--model", str(init)]) == 0
+    return root, init
+
+
+def test_preprocess_keeps_good_videos_and_skips_broken_ones(data):
+    root, _ = data
+    index = json.loads((root / "shards" / "index.json").read_text())
+    assert len(index["videos"]) == 3
+    reasons = {s["video"]: s["reason"] for s in index["skipped"]}
+    assert set(reasons) == {"not_a_video.mp4", "empty.mp4", "silent_film.mp4"}
+    assert "no audio" in reasons["silent_film.mp4"]
+    assert all("unreadable" in reasons[k] or "no audio" in reasons[k] for k in ("not_a_video.mp4", "empty.mp4"))
+    with safe_open(str(root / "shards" / index["videos"][0]["shard"]), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert shapes["latents"] == (50, 4, 8, 8) and shapes["audio"] == (50, 2, 32) and shapes["head"] == (50, 3)
+
+
+def test_dataset_items(data):
+    root, _ = data
+    cfg = LoopyConfig.tiny()
+    ds = ShardDataset(root / "shards", cfg, stage=2, seed=1)
+    item = ds[0]
+    assert item["target"].shape == (4, 12, 8, 8) and item["motion"].shape == (4, 20, 8, 8)
+    assert item["audio"].shape == (12, 5, 2, 32) and item["motion_stats"].shape == (2,)
+    assert all(torch.equal(item[k], ds[0][k]) for k in item)  # deterministic per (seed, epoch, index)
+    ds.set_epoch(1)
+    assert not torch.equal(item["target"], ds[0]["target"])
+    assert ShardDataset(root / "shards", cfg, stage=1)[3]["target"].shape == (4, 1, 8, 8)
+    with pytest.raises(ValueError, match="different vae"):
+        ShardDataset(root / "shards", LoopyConfig.demo(), stage=2)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, stage):
+    from training.objective import LoopyObjective, trainable_modules
+
+    root, init = data
+    model = load_checkpoint(init).train()
+    cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=stage, p_drop_ref=0, p_drop_audio=0,
+                      p_drop_both=0, p_drop_motion_frames=0)
+    model.requires_grad_(False)
+    for m in trainable_modules(model, cfg.trainable):
+        m.requires_grad_(True)
+    ds = ShardDataset(root / "shards", model.config, stage=stage)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(2)])
+    objective = LoopyObjective(model, cfg)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def loss_now():
+        return objective(batch, torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        before = loss_now().item()
+    for _ in range(8):
+        opt.zero_grad()
+        loss_now().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss_now().item()
+    assert after < 0.8 * before, (before, after)
+    if stage == 1:  # stage 1 leaves the temporal layers and audio-to-latents untouched
+        fresh = load_checkpoint(init)
+        for name in ("denoiser.intra_clip", "denoiser.inter_clip", "audio_to_latents"):
+            a = dict(model.named_parameters())
+            b = dict(fresh.named_parameters())
+            assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(name)), name
+
+
+def run_training(config: dict, tmp: Path, *extra, launcher=None) -> subprocess.CompletedProcess:
+    path = tmp / "cfg.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    cmd = (launcher or [sys.executable, "-m"]) + ["training.train", "--config", str(path), *extra]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+
+
+def base_config(data, out: Path, **changes) -> dict:
+    root, init = data
+    cfg = dict(model=str(init), data=str(root / "shards"), output_dir=str(out), stage=2, learning_rate=1e-3,
+               max_train_steps=4, train_batch_size=2, checkpointing_steps=2, log_every=1, report_to="none",
+               timestep_sampling="high_noise_mix", region_loss_weight=1.0)
+    cfg.update(changes)
+    return cfg
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
+    straight = run_training(base_config(data, tmp_path / "a"), tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run_training(base_config(data, tmp_path / "b", max_train_steps=2), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_training(base_config(data, tmp_path / "b"), tmp_path, "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a = load_checkpoint(tmp_path / "a" / "checkpoint-4" / "loopy.safetensors").state_dict()
+    b = load_checkpoint(tmp_path / "b" / "checkpoint-4" / "loopy.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert not list((tmp_path / "b").glob(".checkpoint-*"))  # no half-written checkpoint left
+
+
+def test_two_cpu_processes_end_with_identical_weights(data, tmp_path):
+    # `--multi_gpu` picks accelerate's torchrun launcher; with no GPU each process runs on the CPU over gloo
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
+    out = tmp_path / "ddp"
+    result = run_training(base_config(data, out, max_train_steps=2, train_batch_size=1), tmp_path, launcher=launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [(out / f"final_weights_rank{r}.sha256").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert "total train batch size (w. parallel, distributed & accumulation) = 2" in result.stderr
+
+
+def test_export_then_generate(data, tmp_path):
+    from loopy_core.cli import main as loopy
+    from loopy_core.video import read_video, save_wav
+    from training.export import main as export
+
+    root, init = data
+    result = run_training(base_config(data, tmp_path / "run", max_train_steps=1, checkpointing_steps=1), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "model.safetensors"
+    assert export([str(tmp_path / "run"), "--out", str(out), "--dtype", "fp16", "--audio-encoder-from", str(init)]) == 0
+    wav = tmp_path / "a.wav"
+    save_wav(wav, (0.2 * np.sin(np.linspace(0, 300, 8000))).astype(np.float32), 16000)
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "face.png")
+    video = tmp_path / "v.mp4"
+    assert loopy(["generate", "--image", str(tmp_path / "face.png"), "--audio", str(wav), "--out", str(video),
+                  "--model", str(out), "--steps", "1", "--device", "cpu", "--quiet"]) == 0
+    assert read_video(video).frames.shape[0] == 13  # ceil(0.5 s * 25)
+
+
+def test_bad_training_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown training option\(s\) \['learning_rat'\]"):
+        TrainConfig.load(None, ["learning_rat=1e-4"])
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        TrainConfig(stage=3)
+    with pytest.raises(ValueError, match="unknown trainable"):
+        TrainConfig(trainable=["vae"])
+    for name in ("stage1_sd15.yaml", "stage2_sd15.yaml", "synthetic_tiny.yaml"):
+        cfg = TrainConfig.load(str(ROOT / "training" / "configs" / name))
+        assert cfg.model.endswith(".safetensors")
+    sd = TrainConfig.load(str(ROOT / "training" / "configs" / "stage2_sd15.yaml"))
+    assert sd.learning_rate == 1e-5 and sd.stage == 2

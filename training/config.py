@@ -1,0 +1,108 @@
+"""Training configuration: a dataclass read from YAML, with `key=value` overrides from the command line.
+
+The model itself (architecture, noise schedule, prediction type, guidance scales) is defined by the Loopy
+checkpoint the run starts from (`loopy init`), so one source of truth travels from training to inference; this
+file holds only how to train it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+COMPONENTS = ("reference_net", "denoiser_spatial", "inter_clip", "intra_clip", "audio_to_latents")
+STAGE_DEFAULTS = {
+    1: ["reference_net", "denoiser_spatial"],  # image pairs, no temporal layers, no audio
+    2: list(COMPONENTS),  # video: temporal layers, TSM and audio-to-latents join
+}
+
+
+@dataclass
+class TrainConfig:
+    # what and where
+    model: str = ""  # starting Loopy checkpoint (.safetensors) from `loopy init` or an earlier stage
+    data: str = ""  # DATA_DIR written by `python -m training.preprocess`
+    output_dir: str = "runs/loopy"
+    stage: int = 2
+    trainable: list[str] | None = None  # default: STAGE_DEFAULTS[stage]
+    seed: int = 0
+    # optimisation (paper: AdamW, lr 1e-5, batch 24)
+    learning_rate: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
+    lr_warmup_steps: int = 0
+    max_train_steps: int = 1000
+    train_batch_size: int = 1  # per device
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    gradient_checkpointing: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    num_workers: int = 0
+    # diffusion objective (the target and schedule come from the model's noise config)
+    timestep_sampling: str = "uniform"  # "uniform" | "high_noise_mix"
+    high_noise_fraction: float = 0.5  # high_noise_mix: this share of samples draws t from the top of the schedule
+    high_noise_min: float = 0.7  # ... from [high_noise_min * T, T)
+    region_loss_weight: float = 0.0  # loss weight 1 + w * (normalised |target - reference| per latent pixel)
+    # condition dropout (one random draw per sample) trains the guidance branches
+    p_drop_ref: float = 0.05
+    p_drop_audio: float = 0.1
+    p_drop_both: float = 0.05
+    p_drop_motion_frames: float = 0.05
+    # checkpoints, logs, validation
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    log_every: int = 10
+    report_to: str = "tensorboard"  # "tensorboard" | "none"
+    validation_steps: int = 0  # 0: no validation
+    validation_seconds: float = 2.0
+    validation_steps_per_clip: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.trainable is None:
+            self.trainable = list(STAGE_DEFAULTS[self.stage])
+        unknown = sorted(set(self.trainable) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown trainable component(s) {unknown}; choose from {list(COMPONENTS)}")
+        if self.timestep_sampling not in ("uniform", "high_noise_mix"):
+            raise ValueError(f"timestep_sampling must be 'uniform' or 'high_noise_mix', got {self.timestep_sampling!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        total = self.p_drop_ref + self.p_drop_audio + self.p_drop_both
+        if min(self.p_drop_ref, self.p_drop_audio, self.p_drop_both, self.p_drop_motion_frames) < 0 or total > 1:
+            raise ValueError("dropout probabilities must be >= 0 and p_drop_ref + p_drop_audio + p_drop_both <= 1")
+
+    @classmethod
+    def load(cls, path: str | None, overrides: list[str] = ()) -> TrainConfig:
+        data: dict[str, Any] = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise FileNotFoundError(f"training config {p.name!r} not found in {str(p.parent.resolve())!r}")
+            data = yaml.safe_load(p.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: a training config must be a YAML mapping")
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key=value")
+            key, value = item.split("=", 1)
+            data[key.strip()] = yaml.safe_load(value)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,107 @@
+"""Training samples from preprocessed shards (`training.preprocess`).
+
+Each item is drawn deterministically from `(seed, epoch, index)`, so a resumed run sees exactly the batches it would
+have seen (`accelerator.skip_first_batches` skips the consumed ones). Stage 1 yields (reference frame, target frame)
+pairs; stage 2 yields a 12-frame target clip, the TSM's motion frames computed from up to 124 history frames (the
+video start padded exactly as at inference, by the same `TemporalSegmentModule`), the clip's audio windows and the
+clip's motion statistics.
+
+Item (stage 2; `F = 1` and no `motion` in stage 1):
+    target [C, F, h, w], ref [C, h, w], motion [C, M, h, w], audio [F, 2w+1, L, D], motion_stats [2]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from loopy_core.config import LoopyConfig
+from loopy_core.models.tsm import TemporalSegmentModule
+from loopy_core.motion import motion_statistics
+
+logger = logging.getLogger(__name__)
+
+
+def read_index(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "index.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no index.json in {str(Path(data_dir).resolve())!r}; run `python -m training.preprocess`")
+    index = json.loads(path.read_text())
+    if not index.get("videos"):
+        raise ValueError(f"{path} lists no videos")
+    return index
+
+
+def check_compatible(index: dict, config: LoopyConfig) -> None:
+    """The shards must have been made for this model's codec, resolution, fps and audio features."""
+    made_for = LoopyConfig.from_dict(index["config"])
+    for field in ("resolution", "fps", "vae", "audio"):
+        if getattr(made_for, field) != getattr(config, field):
+            raise ValueError(
+                f"the shards were preprocessed for a model with a different {field} ({getattr(made_for, field)}) "
+                f"than the one being trained ({getattr(config, field)}); rerun training.preprocess with --model"
+            )
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    def __init__(self, data_dir: str | Path, config: LoopyConfig, stage: int, seed: int = 0, cache: bool = True):
+        self.dir = Path(data_dir)
+        self.index = read_index(self.dir)
+        check_compatible(self.index, config)
+        self.config = config
+        self.stage = stage
+        self.seed = seed
+        self.epoch = 0
+        self.frames = config.frames_per_clip if stage == 2 else 1
+        self.tsm = TemporalSegmentModule(config.tsm)
+        self.videos = [v for v in self.index["videos"] if v["num_frames"] > self.frames]
+        if not self.videos:
+            raise ValueError(f"no video in {self.dir} is longer than {self.frames} frames")
+        lengths = np.array([v["num_frames"] for v in self.videos], dtype=np.float64)
+        self.weights = lengths / lengths.sum()
+        self.length = max(1, int(lengths.sum()) // self.frames)  # items per epoch
+        self._cache: dict[str, dict[str, torch.Tensor]] = {} if cache else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _tensors(self, video: dict, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if self._cache is not None and video["id"] in self._cache:
+            return self._cache[video["id"]]
+        with safe_open(str(self.dir / video["shard"]), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in names}
+        if self._cache is not None:
+            self._cache[video["id"]] = tensors
+        return tensors
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        video = self.videos[rng.choice(len(self.videos), p=self.weights)]
+        data = self._tensors(video, ("latents", "audio", "head", "expression"))
+        T, F = video["num_frames"], self.frames
+        start = int(rng.integers(0, T - F + 1))
+        ref_index = int(rng.integers(0, T - F)) if T > F else 0
+        if ref_index >= start:  # any frame outside the target clip
+            ref_index += F
+        latents = data["latents"].float()
+        ref = latents[ref_index]
+        item = {"target": latents[start : start + F].permute(1, 0, 2, 3).contiguous(), "ref": ref}
+        # audio windows of the clip, edges clamped inside the video
+        w = self.config.audio.window
+        idx = (torch.arange(start, start + F)[:, None] + torch.arange(-w, w + 1)[None]).clamp(0, T - 1)
+        item["audio"] = data["audio"][idx].float()  # [F, 2w+1, L, D]
+        if self.stage == 2:
+            history = latents[max(0, start - self.tsm.span) : start].permute(1, 0, 2, 3)[None]  # [1, C, t, h, w]
+            item["motion"] = self.tsm(history if history.shape[2] else None, ref[None])[0]
+            item["motion_stats"] = motion_statistics(data["head"][start : start + F], data["expression"][start : start + F])
+        else:
+            item["motion_stats"] = torch.zeros(2)
+        return item

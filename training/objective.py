@@ -1,0 +1,98 @@
+"""The training objective of one batch: noise, condition dropout, one Loopy forward, the weighted MSE.
+
+Kept in one `nn.Module` so that `accelerator.prepare` (DDP, FSDP, ...) wraps the whole forward. Every random draw
+(noise, timesteps, dropout) comes from a generator the loop passes in, seeded from the step number, so a resumed run
+repeats the uninterrupted one exactly. `add_noise` and the target (epsilon, v or x0, as the model's noise config
+says) come from the same diffusers scheduler family that sampling uses.
+
+Condition dropout, one uniform draw `u` per sample (as in instruct-pix2pix):
+`u < p_ref` drops the reference; `p_ref <= u < p_ref + p_both` drops reference and audio;
+`p_ref + p_both <= u < p_ref + p_both + p_audio` drops the audio. Dropped reference = zeroed reference tokens,
+dropped audio = the audio-to-latents "no modality" tokens: exactly the guidance branches used at inference.
+A second draw replaces the motion frames by the video-start padding (`p_drop_motion_frames`); a third picks the
+audio-to-latents modality mix (audio only / audio + motion statistics / motion statistics only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loopy_core.models.loopy import LoopyModel
+from loopy_core.pipeline import make_scheduler
+
+
+def trainable_modules(model: LoopyModel, names: list[str]) -> list[nn.Module]:
+    """The modules behind each trainable component name (config `trainable`)."""
+    den = model.denoiser
+    audio_path = [model.audio_to_latents] + ([den.token_to_timestep] if den.token_to_timestep is not None else [])
+    mapping = {
+        "reference_net": [model.reference_net],
+        "denoiser_spatial": [den.unet],
+        "inter_clip": [den.inter_clip],
+        "intra_clip": [den.intra_clip],
+        "audio_to_latents": audio_path,
+    }
+    return [m for name in names for m in mapping[name]]
+
+
+class LoopyObjective(nn.Module):
+    def __init__(self, model: LoopyModel, train_config):
+        super().__init__()
+        self.model = model
+        self.cfg = train_config
+        self.scheduler = make_scheduler("ddpm", model.config.noise)
+        self.stage = train_config.stage
+
+    def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        T = self.scheduler.config.num_train_timesteps
+        t = torch.randint(0, T, (batch,), generator=generator)
+        if self.cfg.timestep_sampling == "high_noise_mix":
+            high = torch.randint(int(self.cfg.high_noise_min * T), T, (batch,), generator=generator)
+            pick = torch.rand(batch, generator=generator) < self.cfg.high_noise_fraction
+            t = torch.where(pick, high, t)
+        return t
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        model, cfg = self.model, self.cfg
+        target_latents = batch["target"]  # [B, C, F, h, w]
+        B, device = target_latents.shape[0], target_latents.device
+        # 1. random draws (CPU generator -> device)
+        noise = torch.randn(target_latents.shape, generator=generator).to(device, target_latents.dtype)
+        timesteps = self.sample_timesteps(B, generator).to(device)
+        u, v, m = torch.rand(3, B, generator=generator).to(device)
+        drop_ref = (u < cfg.p_drop_ref + cfg.p_drop_both)
+        drop_audio = (u >= cfg.p_drop_ref) & (u < cfg.p_drop_ref + cfg.p_drop_both + cfg.p_drop_audio)
+        a2l = model.config.a2l
+        audio_mask = ~drop_audio & (m < a2l.p_audio_only + a2l.p_audio_motion)
+        motion_mask = ~drop_audio & (m >= a2l.p_audio_only)
+        if self.stage == 1:  # image stage: no audio, no motion statistics
+            audio_mask = motion_mask = torch.zeros_like(drop_audio)
+        # 2. noisy input and target from the model's noise schedule
+        noisy = self.scheduler.add_noise(target_latents, noise, timesteps)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            target = noise
+        elif prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(target_latents, noise, timesteps)
+        else:
+            target = target_latents
+        # 3. conditions: ReferenceNet, motion frames, motion tokens
+        motion = None
+        if self.stage == 2:
+            motion = batch["motion"]
+            drop_motion = (v < cfg.p_drop_motion_frames)[:, None, None, None, None]
+            motion = torch.where(drop_motion, batch["ref"][:, :, None].expand_as(motion), motion)
+        ref_tokens, motion_feats = model.reference_net(batch["ref"], motion)
+        keep = (~drop_ref).to(target_latents.dtype)
+        ref_tokens = {k: t * keep.view(-1, 1, 1).to(t.dtype) for k, t in ref_tokens.items()}
+        tokens = model.audio_to_latents(batch["audio"], audio_mask, batch["motion_stats"], motion_mask)
+        # 4. prediction and loss
+        pred = model.denoiser(noisy, timesteps, tokens, ref_tokens, motion_feats, use_temporal=self.stage == 2)
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none")  # [B, C, F, h, w]
+        if cfg.region_loss_weight > 0:
+            change = (target_latents - batch["ref"][:, :, None]).abs().mean(dim=1, keepdim=True)
+            change = change / change.mean(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)
+            loss = loss * (1.0 + cfg.region_loss_weight * change.clamp(max=5.0))
+        return loss.mean()

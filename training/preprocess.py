@@ -1,0 +1,231 @@
+"""Turn a folder of talking-head videos into training shards.
+
+    python -m training.preprocess --videos DIR --out DATA_DIR --model START.safetensors [--audio-encoder DIR]
+
+`--model` is the Loopy checkpoint training will start from (`loopy init`): its config fixes the resolution, the
+fps, the codec (VAE) and the audio features, so the cached latents and features match the model exactly.
+
+Per video (any container PyAV reads, any fps and resolution):
+1. decode frames and audio; skip (with a logged reason, never a crash) videos with no audio, unreadable ones, and
+   ones shorter than one clip;
+2. resample to the model's fps (nearest frame);
+3. crop a face-centred square: a synthetic-world video (a `<stem>.json` ground truth beside it) is already one;
+   otherwise OpenCV's Haar face detector (weights inside the `opencv-python-headless` wheel) finds the face in
+   sampled frames and one steady crop with margin for head motion is used for the whole video; with no detector
+   installed or no face found, the video is skipped with the reason (`--allow-center-crop` keeps it, centre-cropped);
+4. encode the frames with the model's codec (scaled latents) and the audio into per-frame features;
+5. per-frame motion tracks: head `[T, 3]` and expression `[T, 2]` (ground truth for synthetic videos; the face box
+   centre and lower-face activity for real ones), for the motion statistics.
+
+Output: `DATA_DIR/<id>.safetensors` per video (tensors `latents [T, C, h, w]` fp16, `audio [T, L, D]` fp16,
+`wave16k [N]` int16, `head [T, 3]`, `expression [T, 2]`; metadata: source, fps, model config) and
+`DATA_DIR/index.json` with the kept videos and the skipped ones with their reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+logger = logging.getLogger("training.preprocess")
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+SHARD_FORMAT = "loopy-shards-v1"
+
+
+class SkipVideo(Exception):
+    """A video that can't become training data; the message is the logged reason."""
+
+
+def resample_frames(frames: np.ndarray, src_fps: float, fps: float) -> np.ndarray:
+    """Nearest-frame resampling of `[T, H, W, 3]` from `src_fps` to `fps`."""
+    duration = len(frames) / src_fps
+    n = int(np.floor(duration * fps + 1e-6))
+    idx = np.minimum(np.floor(np.arange(n) / fps * src_fps + 1e-6).astype(int), len(frames) - 1)
+    return frames[idx]
+
+
+def detect_face_box(frames: np.ndarray, samples: int = 12):
+    """Median Haar face box `(x, y, w, h)` over sampled frames, or None when no face is found."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+    boxes = []
+    for i in np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int):
+        gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
+        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+        if len(found):
+            boxes.append(max(found, key=lambda b: b[2] * b[3]))  # the largest face
+    if not boxes:
+        return None
+    return np.median(np.array(boxes, dtype=np.float32), axis=0)
+
+
+def square_crop(frames: np.ndarray, box, margin: float) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """One steady square crop around `box` (or the centre when None), enlarged by `margin`, clamped to the frame."""
+    T, H, W, _ = frames.shape
+    if box is None:
+        side = min(H, W)
+        cx, cy = W / 2, H / 2
+    else:
+        x, y, w, h = box
+        side = min(int(max(w, h) * margin), H, W)
+        cx, cy = x + w / 2, y + h / 2
+    left = int(np.clip(cx - side / 2, 0, W - side))
+    top = int(np.clip(cy - side / 2, 0, H - side))
+    return frames[:, top : top + side, left : left + side], (left, top, side)
+
+
+def real_video_tracks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate motion tracks for a real, face-cropped video: head = brightness centroid drift and tilt proxy,
+    expression = lower-face and eye-band activity. Coarse, but on the same scale for every video."""
+    x = torch.from_numpy(frames).float().mean(-1) / 255.0  # [T, S, S]
+    T, S, _ = x.shape
+    grid = torch.linspace(0, 1, S)
+    mass = x.sum(dim=(1, 2)).clamp_min(1e-6)
+    cx = (x.sum(1) * grid).sum(1) / mass
+    cy = (x.sum(2) * grid).sum(1) / mass
+    left, right = x[:, :, : S // 2].mean(dim=(1, 2)), x[:, :, S // 2 :].mean(dim=(1, 2))
+    head = torch.stack([cx - cx.mean(), cy - cy.mean(), right - left], dim=1)
+    lower = x[:, 2 * S // 3 :, S // 4 : 3 * S // 4]
+    eyes = x[:, S // 4 : S // 2, S // 6 : 5 * S // 6]
+    expression = torch.stack(
+        [(lower - lower.mean(0)).abs().mean(dim=(1, 2)), (eyes - eyes.mean(0)).abs().mean(dim=(1, 2))], dim=1
+    )
+    return head.numpy(), expression.numpy()
+
+
+def synthetic_tracks(truth: dict, num_frames: int, src_fps: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    frames = truth["frames"]
+    idx = np.minimum(np.floor(np.arange(num_frames) / fps * src_fps + 1e-6).astype(int), len(frames["tx"]) - 1)
+    head = np.stack([np.asarray(frames[k], np.float32)[idx] for k in ("tx", "ty", "roll")], axis=1)
+    expression = np.stack([np.asarray(frames[k], np.float32)[idx] for k in ("mouth_open", "blink")], axis=1)
+    return head, expression
+
+
+@torch.no_grad()
+def process_video(path: Path, model, encoder, args) -> dict[str, torch.Tensor]:
+    from loopy_core.audio import extract_audio_features, prepare_waveform
+    from loopy_core.video import read_video
+
+    cfg = model.config
+    # 1. decode
+    try:
+        video = read_video(path)
+    except (ValueError, OSError) as e:
+        raise SkipVideo(f"unreadable: {e}") from None
+    if video.audio is None or video.audio.size == 0:
+        raise SkipVideo("no audio track")
+    if len(video.frames) == 0:
+        raise SkipVideo("no frames")
+    # 2. fps
+    frames = resample_frames(video.frames, video.fps, cfg.fps)
+    if len(frames) < cfg.frames_per_clip + 1:
+        raise SkipVideo(f"too short: {len(frames)} frames at {cfg.fps} fps, need more than one clip")
+    # 3. face crop and motion tracks
+    truth_path = path.with_suffix(".json")
+    truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+    if truth is not None and str(truth.get("format", "")).startswith("loopy-synthetic"):
+        crop = frames
+        head, expression = synthetic_tracks(truth, len(frames), video.fps, cfg.fps)
+    else:
+        box = detect_face_box(frames)
+        if box is None and not args.allow_center_crop:
+            raise SkipVideo("no face found (install opencv-python-headless for the detector, or --allow-center-crop)")
+        crop, _ = square_crop(frames, box, args.margin)
+        head, expression = real_video_tracks(crop)
+    # 4. latents and audio features
+    pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    latents = []
+    for chunk in pixels.split(args.batch_size):
+        chunk = F.interpolate(chunk, size=(cfg.resolution, cfg.resolution), mode="bicubic", antialias=True,
+                              align_corners=False).clamp(-1, 1)
+        latents.append(model.vae.encode(chunk.to(args.device)).float().cpu())
+    latents = torch.cat(latents)
+    try:
+        feats = extract_audio_features(video.audio, video.sample_rate, cfg.fps, encoder, cfg.audio)
+        wave16k = prepare_waveform(video.audio, video.sample_rate, cfg.audio.sample_rate)
+    except ValueError as e:
+        raise SkipVideo(f"unusable audio: {e}") from None
+    T = min(len(latents), feats.num_frames)
+    audio = feats.feats[:T, cfg.audio.window]  # the window's centre: per-frame features [T, L, D]
+    return {
+        "latents": latents[:T].half().contiguous(),
+        "audio": audio.half().contiguous(),
+        "wave16k": (wave16k.clamp(-1, 1) * 32767).round().to(torch.int16).contiguous(),
+        "head": torch.as_tensor(head[:T], dtype=torch.float32).contiguous(),
+        "expression": torch.as_tensor(expression[:T], dtype=torch.float32).contiguous(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.preprocess", description=__doc__.split("\n")[0])
+    parser.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
+    parser.add_argument("--out", required=True, help="output DATA_DIR")
+    parser.add_argument("--model", required=True, help="the Loopy checkpoint training starts from (loopy init)")
+    parser.add_argument("--base", help="SD1.5 base if the checkpoint has no VAE")
+    parser.add_argument("--audio-encoder", help="wav2vec2 folder (default: the model's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16, help="frames per codec batch")
+    parser.add_argument("--margin", type=float, default=1.8, help="crop side / face-box side")
+    parser.add_argument("--allow-center-crop", action="store_true", help="keep videos where no face is found")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    from loopy_core.checkpoint import load_checkpoint
+    from loopy_core.render import load_audio_encoder
+
+    videos_dir, out = Path(args.videos), Path(args.out)
+    if not videos_dir.is_dir():
+        print(f"preprocess: error: --videos folder {str(videos_dir)!r} does not exist", file=sys.stderr)
+        return 2
+    files = sorted(p for p in videos_dir.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not files:
+        print(f"preprocess: error: no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) in {str(videos_dir)!r}",
+              file=sys.stderr)
+        return 2
+    model = load_checkpoint(args.model, device=args.device, base=args.base)
+    encoder = load_audio_encoder(model.config, args.model, args.audio_encoder, args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    kept, skipped = [], []
+    for i, path in enumerate(files):
+        rel = str(path.relative_to(videos_dir))
+        try:
+            tensors = process_video(path, model, encoder, args)
+        except SkipVideo as e:
+            logger.warning("skipping %s: %s", rel, e)
+            skipped.append({"video": rel, "reason": str(e)})
+            continue
+        vid = f"{i:06d}"
+        tmp = out / f".{vid}.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata={"format": SHARD_FORMAT, "source": rel, "fps": str(model.config.fps)})
+        os.replace(tmp, out / f"{vid}.safetensors")
+        kept.append({"id": vid, "shard": f"{vid}.safetensors", "source": rel, "num_frames": len(tensors["latents"])})
+        logger.info("%s -> %s (%d frames)", rel, vid, len(tensors["latents"]))
+    index = {
+        "format": SHARD_FORMAT,
+        "fps": model.config.fps,
+        "config": model.config.to_dict(),
+        "videos": kept,
+        "skipped": skipped,
+    }
+    tmp = out / ".index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out / "index.json")
+    print(f"preprocess: {len(kept)} videos -> {out} ({len(skipped)} skipped)")
+    return 0 if kept else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
