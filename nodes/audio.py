@@ -27,6 +27,22 @@ def cut_audio(audio: dict, seconds: float) -> dict:
     return {**audio, "waveform": audio["waveform"][..., :samples]}
 
 
+def features(model, audio: dict, fps: float, audio_encoder=None, encoder_output=None):
+    """`AudioFeatures` for `model` from the first source available (see the module docstring)."""
+    from loopy_core.audio import audio_features_from_comfy, extract_audio_features
+
+    config = model.config.audio
+    if encoder_output is None and audio_encoder is not None and not isinstance(audio_encoder, Managed):
+        encoder_output = audio_encoder.encode_audio(audio["waveform"], audio["sample_rate"])  # ComfyUI's encoder
+    if encoder_output is not None:
+        return audio_features_from_comfy(encoder_output, fps, config, audio=audio)
+    encoder = audio_encoder or model.audio_encoder
+    if encoder is None:
+        raise ValueError(f"the model {model.name!r} has no embedded audio encoder: connect a Loopy Audio Encoder "
+                         f"Loader ({config.encoder!r}) or ComfyUI's Load Audio Encoder")
+    return extract_audio_features(audio["waveform"], audio["sample_rate"], fps, encoder.ready(), config)
+
+
 class LoopyAudioEncode:
     DESCRIPTION = ("Turns speech (AUDIO) into Loopy's per-frame audio features at the video's fps. Uses the connected "
                    "encoder output or audio encoder, else the model's embedded audio encoder.")
@@ -54,26 +70,14 @@ class LoopyAudioEncode:
                 "audio_encoder": (ANY_AUDIO_ENCODER, {"tooltip": "wav2vec2 from Loopy Audio Encoder Loader or "
                                                       "ComfyUI's Load Audio Encoder; default: the model's own."}),
                 "encoder_output": ("AUDIO_ENCODER_OUTPUT", {"tooltip": "ComfyUI's Audio Encoder Encode output of this "
-                                                            "same audio; used instead of running an encoder here."}),
+                                                            "same audio (with max_seconds 0); used instead of "
+                                                            "running an encoder here."}),
             },
         }
 
     def encode(self, model, audio, fps, max_seconds, audio_encoder=None, encoder_output=None):
-        from loopy_core.audio import audio_features_from_comfy, extract_audio_features
-
         audio = cut_audio(audio, max_seconds)
-        config = model.config.audio
-        if encoder_output is None and audio_encoder is not None and not isinstance(audio_encoder, Managed):
-            encoder_output = audio_encoder.encode_audio(audio["waveform"], audio["sample_rate"])  # ComfyUI's encoder
-        if encoder_output is not None:
-            features = audio_features_from_comfy(encoder_output, fps, config, audio=audio)
-        else:
-            encoder = audio_encoder or model.audio_encoder
-            if encoder is None:
-                raise ValueError(f"the model {model.name!r} has no embedded audio encoder: connect a Loopy Audio "
-                                 f"Encoder Loader ({config.encoder!r}) or ComfyUI's Load Audio Encoder")
-            features = extract_audio_features(audio["waveform"], audio["sample_rate"], fps, encoder.ready(), config)
-        return (LoopyAudio(features, audio), float(fps))
+        return (LoopyAudio(features(model, audio, fps, audio_encoder, encoder_output), audio), float(fps))
 
 
 NODE_CLASS_MAPPINGS = {"LoopyAudioEncode": LoopyAudioEncode}
