@@ -72,8 +72,10 @@ def motion_buffer(history, config) -> LoopyMotion:
 
 
 def generation_options(steps, scheduler, audio_cfg, ref_cfg, seed, head_motion=-1.0, expression_motion=-1.0):
-    """Widget values -> `GenerationOptions`. A cfg of 0 means the model's recommended scale; motion values < 0
-    mean "not set" (the audio alone drives the motion, as in the paper's inference)."""
+    """Widget values -> `GenerationOptions`. A cfg of 0 means the model's recommended scale; motion intensities
+    (0..1, mapped to motion statistics by `loopy_core.motion`) < 0 mean "not set": the audio alone drives the
+    motion, as in the paper's inference."""
+    from loopy_core.motion import intensity_to_statistics
     from loopy_core.pipeline import GenerationOptions
 
     stats = None
@@ -83,7 +85,7 @@ def generation_options(steps, scheduler, audio_cfg, ref_cfg, seed, head_motion=-
                 f"set both head_motion and expression_motion (got {head_motion} and {expression_motion}), "
                 "or leave both at -1 to let the audio alone drive the motion"
             )
-        stats = [float(head_motion), float(expression_motion)]
+        stats = intensity_to_statistics(head_motion, expression_motion)
     return GenerationOptions(
         steps=int(steps),
         scheduler=scheduler,
@@ -119,11 +121,11 @@ def sampling_inputs() -> dict:
 
 def motion_control_inputs() -> dict:
     """Optional motion-intensity widgets (the paper's motion statistics, used as a user control)."""
-    common = {"default": -1.0, "min": -1.0, "max": 10.0, "step": 0.01}
+    common = {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.01}
     return {
-        "head_motion": ("FLOAT", dict(common, tooltip="Target head-movement variance (motion intensity). -1 = not "
+        "head_motion": ("FLOAT", dict(common, tooltip="Head-movement intensity, 0 (still) .. 1 (lively). -1 = not "
                                                       "set: the audio alone drives the motion. Set together with "
                                                       "expression_motion.")),
-        "expression_motion": ("FLOAT", dict(common, tooltip="Target expression variance (motion intensity). -1 = "
-                                                            "not set. Set together with head_motion.")),
+        "expression_motion": ("FLOAT", dict(common, tooltip="Expression intensity, 0 .. 1. -1 = not set. Set "
+                                                            "together with head_motion.")),
     }
