@@ -39,6 +39,7 @@ class TrainConfig:
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     lr_warmup_steps: int = 0
     max_train_steps: int = 1000
+    max_train_minutes: float = 0.0  # > 0: stop (with a checkpoint) once this much wall-clock time has passed
     train_batch_size: int = 1  # per device
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
@@ -93,12 +94,14 @@ class TrainConfig:
             data = yaml.safe_load(p.read_text()) or {}
             if not isinstance(data, dict):
                 raise ValueError(f"{path}: a training config must be a YAML mapping")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
         for item in overrides:
             if "=" not in item:
                 raise ValueError(f"override {item!r} must look like key=value")
-            key, value = item.split("=", 1)
-            data[key.strip()] = yaml.safe_load(value)
-        names = {f.name for f in dataclasses.fields(cls)}
+            key, value = (x.strip() for x in item.split("=", 1))
+            # a str option keeps the text as typed (YAML would turn `no` into False)
+            data[key] = value if types.get(key) == "str" else yaml.safe_load(value)
+        names = set(types)
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")

@@ -91,15 +91,15 @@ class ShardDataset(torch.utils.data.Dataset):
         ref_index = int(rng.integers(0, T - F)) if T > F else 0
         if ref_index >= start:  # any frame outside the target clip
             ref_index += F
-        latents = data["latents"].float()
-        ref = latents[ref_index]
-        item = {"target": latents[start : start + F].permute(1, 0, 2, 3).contiguous(), "ref": ref}
+        latents = data["latents"]
+        ref = latents[ref_index].float()
+        item = {"target": latents[start : start + F].float().permute(1, 0, 2, 3).contiguous(), "ref": ref}
         # audio windows of the clip, edges clamped inside the video
         w = self.config.audio.window
         idx = (torch.arange(start, start + F)[:, None] + torch.arange(-w, w + 1)[None]).clamp(0, T - 1)
         item["audio"] = data["audio"][idx].float()  # [F, 2w+1, L, D]
         if self.stage == 2:
-            history = latents[max(0, start - self.tsm.span) : start].permute(1, 0, 2, 3)[None]  # [1, C, t, h, w]
+            history = latents[max(0, start - self.tsm.span) : start].float().permute(1, 0, 2, 3)[None]  # [1, C, t, h, w]
             item["motion"] = self.tsm(history if history.shape[2] else None, ref[None])[0]
             item["motion_stats"] = motion_statistics(data["head"][start : start + F], data["expression"][start : start + F])
         else:

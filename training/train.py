@@ -242,7 +242,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     # 5. the loop
     log_file = open(run_dir / "log.jsonl", "a") if accelerator.is_main_process else None
     tick, samples, running = time.perf_counter(), 0, []
-    while global_step < cfg.max_train_steps:
+    deadline = time.perf_counter() + cfg.max_train_minutes * 60 if cfg.max_train_minutes > 0 else None
+    last_step = cfg.max_train_steps
+    while global_step < last_step:
         epoch, skip = divmod(consumed, batches_per_epoch)
         dataset.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -266,8 +268,15 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
             if ema is not None:
                 ema.step(params)
             global_step += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                out_of_time = torch.tensor([1.0], device=accelerator.device)
+            else:
+                out_of_time = torch.tensor([0.0], device=accelerator.device)
+            if accelerator.reduce(out_of_time, "max").item() > 0 and last_step > global_step:
+                logger.info("max_train_minutes reached: stopping at step %d", global_step)
+                last_step = global_step
             # 6. logs
-            if global_step % cfg.log_every == 0 or global_step == cfg.max_train_steps:
+            if global_step % cfg.log_every == 0 or global_step == last_step:
                 elapsed = time.perf_counter() - tick
                 logs = {
                     "train/loss": accelerator.gather(torch.stack(running).mean()[None]).mean().item(),
@@ -285,7 +294,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
                             logs["lr"], logs["samples_per_s"])
                 tick, samples, running = time.perf_counter(), 0, []
             # 7. checkpoints and validation
-            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
+            if global_step % cfg.checkpointing_steps == 0 or global_step == last_step:
                 path = save_checkpoint_dir(accelerator, objective, ema, run_dir, global_step,
                                            cfg.checkpoints_total_limit)
                 logger.info("saved %s", path)
@@ -295,7 +304,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
                 if log_file:
                     log_file.write(json.dumps({"step": global_step, **result}) + "\n")
                     log_file.flush()
-            if global_step >= cfg.max_train_steps:
+            if global_step >= last_step:
                 break
     # a digest of the final weights per process: DDP keeps them identical, and this makes that checkable
     digest = hashlib.sha256()

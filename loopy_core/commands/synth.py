@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="babble: built-in synthesiser (default); espeak: espeak-ng voices (needs espeak-ng)",
     )
     p.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
+    p.add_argument("--languages", help="espeak languages to draw from, comma-separated (default: all)")
+    p.add_argument("--variants", help="espeak voice variants to draw from, comma-separated, '' for the plain voice")
     p.set_defaults(func=run)
 
 
@@ -27,9 +29,17 @@ def run(args) -> int:
 
     from ..synthetic.dataset import write_dataset
 
+    espeak_options = {}
+    if args.languages:
+        espeak_options["languages"] = tuple(x.strip() for x in args.languages.split(",") if x.strip())
+    if args.variants is not None:
+        espeak_options["variants"] = tuple(x.strip() for x in args.variants.split(","))
+    if espeak_options and args.speech != "espeak":
+        raise ValueError("--languages/--variants choose espeak voices: use them with --speech espeak")
     start = time.perf_counter()
     index = write_dataset(
-        args.out, args.videos, args.seconds, size=args.size, seed=args.seed, speech=args.speech, fps=args.fps
+        args.out, args.videos, args.seconds, size=args.size, seed=args.seed, speech=args.speech, fps=args.fps,
+        **espeak_options,
     )
     frames = sum(v["num_frames"] for v in index["videos"])
     print(

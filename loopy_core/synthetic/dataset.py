@@ -98,8 +98,10 @@ def write_dataset(
     speech: str = "babble",
     fps: float = 25.0,
     crf: int = 18,
+    **espeak_options,
 ) -> dict:
-    """Render `videos` synthetic samples into `out_dir` (see the module docstring); returns the index dict."""
+    """Render `videos` synthetic samples into `out_dir` (see the module docstring); returns the index dict.
+    `espeak_options` (languages, variants) restrict the espeak voices."""
     if int(videos) < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     if not np.isfinite(seconds) or seconds <= 0:
@@ -126,7 +128,7 @@ def write_dataset(
     }
     for i, video_seed in enumerate(child_seeds(seed, int(videos))):
         vid = f"{i:06d}"
-        sample = make_sample(video_seed, seconds, int(size), fps=fps, speech=speech)
+        sample = make_sample(video_seed, seconds, int(size), fps=fps, speech=speech, **espeak_options)
         with VideoWriter(os.path.join(out_dir, f"{vid}.mp4"), fps, sample.audio, sample.sample_rate, crf) as writer:
             writer.write(sample.frames)
         _save_png(os.path.join(out_dir, f"{vid}.png"), sample.reference)

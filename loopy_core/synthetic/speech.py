@@ -206,12 +206,29 @@ def espeak_say(
     return wave.numpy().astype(np.float32)
 
 
-def espeak_speech(seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
-    """Random sentences from one random espeak-ng voice, with pauses, cut to `seconds`: (waveform [N], info)."""
+LANGUAGES = tuple(sorted(_WORDS))
+VARIANTS = _VARIANTS
+
+
+def espeak_speech(
+    seconds: float,
+    seed: int = 0,
+    sample_rate: int = SAMPLE_RATE,
+    languages: tuple[str, ...] | None = None,
+    variants: tuple[str, ...] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Random sentences from one random espeak-ng voice, with pauses, cut to `seconds`: (waveform [N], info).
+
+    `languages` / `variants` restrict the draw (e.g. to hold a language or voice out of a training set)."""
     seconds = _check_seconds(seconds)
+    languages = tuple(languages or LANGUAGES)
+    variants = tuple(variants if variants is not None else _VARIANTS)
+    unknown = sorted(set(languages) - set(_WORDS)) + sorted(set(variants) - set(_VARIANTS))
+    if unknown or not languages or not variants:
+        raise ValueError(f"unknown or empty languages/variants {unknown}; languages: {LANGUAGES}, variants: {_VARIANTS}")
     rng = np.random.default_rng(seed)
-    language = sorted(_WORDS)[rng.integers(len(_WORDS))]
-    voice = language + _VARIANTS[rng.integers(len(_VARIANTS))]
+    language = sorted(languages)[rng.integers(len(languages))]
+    voice = language + variants[rng.integers(len(variants))]
     rate, pitch = int(rng.integers(130, 191)), int(rng.integers(25, 76))
     n = int(round(seconds * sample_rate))
     pieces = [np.zeros(int(rng.uniform(0.1, 0.5) * sample_rate), np.float32)]
@@ -225,12 +242,15 @@ def espeak_speech(seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE)
     return wave, info
 
 
-def make_speech(kind: str, seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, dict]:
-    """Speech of the given kind ('babble' or 'espeak'): (float32 waveform [N], info dict with 'source')."""
+def make_speech(
+    kind: str, seconds: float, seed: int = 0, sample_rate: int = SAMPLE_RATE, **espeak_options
+) -> tuple[np.ndarray, dict]:
+    """Speech of the given kind ('babble' or 'espeak'): (float32 waveform [N], info dict with 'source').
+    `espeak_options` (languages, variants) go to `espeak_speech`."""
     if kind == "babble":
         return babble(seconds, seed, sample_rate)
     if kind == "espeak":
-        return espeak_speech(seconds, seed, sample_rate)
+        return espeak_speech(seconds, seed, sample_rate, **espeak_options)
     raise ValueError(f"speech must be one of {SPEECH_KINDS}, got {kind!r}")
 
 

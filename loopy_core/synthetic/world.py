@@ -141,6 +141,7 @@ def make_sample(
     fps: float = 25.0,
     speech: str = "babble",
     device: str | torch.device = "cpu",
+    **espeak_options,
 ) -> SyntheticSample:
     """A whole synthetic sample from one seed: speech, identity, dynamics, rendered frames. Deterministic per seed."""
     if not np.isfinite(seconds) or seconds <= 0:
@@ -151,7 +152,7 @@ def make_sample(
     # 1. audio, exactly as long as the whole frames
     num_frames = max(1, int(round(seconds * fps)))
     num_samples = int(round(num_frames * SAMPLE_RATE / fps))
-    audio, speech_info = make_speech(speech, num_samples / SAMPLE_RATE, speech_seed)
+    audio, speech_info = make_speech(speech, num_samples / SAMPLE_RATE, speech_seed, **espeak_options)
     audio = np.pad(audio, (0, max(0, num_samples - len(audio))))[:num_samples]
     # 2. identity and dynamics
     identity = FaceIdentity.random(np.random.default_rng(identity_seed))

@@ -1,0 +1,281 @@
+"""Benchmarks of the generation pipeline, reported as ratios measured in one run (`loopy bench`).
+
+- `clip`: seconds per 12-frame clip, frames per second and peak device memory, for a config at its resolution;
+- `tsm`: time per clip with the full TSM history (124 frames -> 20 latents) over classic 4 motion frames;
+- `length`: a 10-clip video over one clip (time), and peak resident memory of 10 clips over 1 clip when frames
+  stream to an mp4 (each in its own process, so the peaks don't mix);
+- `diffusers`: one UNet evaluation of our denoiser against diffusers' `UNetMotionModel` (SD1.5 + AnimateDiff) of
+  identical widths, same frames and dtype; also ours with only the AnimateDiff-equivalent work (no reference
+  attention, no inter-clip layers), which is the like-for-like number;
+- `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing.
+Weights are random (timing only). On CUDA, times use events after warm-up; elsewhere `perf_counter`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .audio import AudioFeatures
+from .config import LoopyConfig
+from .pipeline import GenerationOptions, LoopyPipeline
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def random_audio(config: LoopyConfig, num_frames: int, seed: int = 0) -> AudioFeatures:
+    g = torch.Generator().manual_seed(seed)
+    a = config.audio
+    feats = torch.randn(num_frames, 2 * a.window + 1, a.num_layers, a.feature_dim, generator=g)
+    return AudioFeatures(feats=feats, num_frames=num_frames, fps=config.fps, duration_s=num_frames / config.fps,
+                         sample_rate=a.sample_rate)
+
+
+def build_pipeline(config: LoopyConfig, device, dtype) -> LoopyPipeline:
+    from .models.loopy import LoopyModel
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LoopyModel(config)
+    return LoopyPipeline(model.to(device=device, dtype=dtype).eval())
+
+
+def reference_image(config: LoopyConfig) -> np.ndarray:
+    return np.random.default_rng(0).random((config.resolution, config.resolution, 3)).astype(np.float32)
+
+
+def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3) -> dict:
+    """Seconds per clip at steady state (history full), frames/s and peak device memory."""
+    cfg, device = pipe.config, pipe.device
+    audio = random_audio(cfg, cfg.frames_per_clip * 12)
+    state = pipe.start_video(reference_image(cfg))
+    state.history = torch.randn(1, cfg.latent_channels, pipe.model.tsm.span, cfg.latent_size, cfg.latent_size,
+                                device=device, dtype=pipe.dtype)
+    options = GenerationOptions(steps=steps, audio_guidance_scale=5.0, ref_guidance_scale=3.0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    k = iter(range(1, 12))
+    seconds = timed(lambda: pipe.run_clip(state, audio, next(k), options), device, repeats)
+    out = {"seconds_per_clip": seconds, "frames_per_second": cfg.frames_per_clip / seconds, "steps": steps}
+    if device.type == "cuda":
+        out["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def bench_tsm(config: LoopyConfig, device, dtype, steps: int) -> dict:
+    full = bench_clip(build_pipeline(config, device, dtype), steps)["seconds_per_clip"]
+    classic = config.replace(tsm={"s": 4, "r": 1, "K": 1})
+    four = bench_clip(build_pipeline(classic, device, dtype), steps)["seconds_per_clip"]
+    return {"tsm_124_frames_s": full, "four_motion_frames_s": four, "ratio": full / four}
+
+
+def bench_length(pipe: LoopyPipeline, steps: int) -> dict:
+    cfg, device = pipe.config, pipe.device
+    options = GenerationOptions(steps=steps)
+
+    def video(clips: int) -> Callable[[], object]:
+        audio = random_audio(cfg, clips * cfg.frames_per_clip)
+        return lambda: [None for _ in pipe.clips(reference_image(cfg), audio, options)]
+
+    one = timed(video(1), device, repeats=3)
+    ten = timed(video(10), device, repeats=1)
+    return {"one_clip_s": one, "ten_clips_s": ten, "ratio": ten / one}
+
+
+_RSS_SCRIPT = """
+import resource, sys, json, numpy as np, torch
+from loopy_core.bench import build_pipeline, random_audio, reference_image
+from loopy_core.config import LoopyConfig
+from loopy_core.pipeline import GenerationOptions
+from loopy_core.video import VideoWriter
+cfg = LoopyConfig.from_json(sys.argv[1]); clips = int(sys.argv[2]); steps = int(sys.argv[3])
+pipe = build_pipeline(cfg, "cpu", torch.float32)
+audio = random_audio(cfg, clips * cfg.frames_per_clip)
+with VideoWriter(sys.argv[4], fps=cfg.fps) as w:
+    for frames in pipe.clips(reference_image(cfg), audio, GenerationOptions(steps=steps)):
+        w.write(frames)
+print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_memory(config: LoopyConfig, steps: int) -> dict:
+    """Peak resident memory of a 1-clip and a 10-clip video streamed to an mp4, each in a fresh process (CPU)."""
+    peaks = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for clips in (1, 10):
+            out = subprocess.run(
+                [sys.executable, "-c", _RSS_SCRIPT, config.to_json(), str(clips), str(steps),
+                 os.path.join(tmp, f"{clips}.mp4")],
+                capture_output=True, text=True, check=True,
+            )
+            peaks[clips] = json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mb"]
+    return {"one_clip_mb": peaks[1], "ten_clips_mb": peaks[10], "ratio": peaks[10] / peaks[1]}
+
+
+def bench_vs_diffusers(config: LoopyConfig, device, dtype, repeats: int = 5) -> dict:
+    """One UNet evaluation of F frames: ours (full and AnimateDiff-equivalent) vs diffusers' UNetMotionModel."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from .models.denoiser import LoopyDenoiser
+
+    u, F, s = config.unet, config.frames_per_clip, config.latent_size
+    torch.manual_seed(0)
+    with torch.device(device):
+        ours = LoopyDenoiser(unet_config=asdict(u), temporal_config=asdict(config.temporal))
+        adapter = MotionAdapter(
+            block_out_channels=tuple(u.block_out_channels), motion_layers_per_block=u.layers_per_block,
+            motion_num_attention_heads=config.temporal.num_attention_heads, motion_norm_num_groups=u.norm_num_groups,
+            motion_max_seq_length=config.temporal.intra_max_positions, use_motion_mid_block=True,
+        )
+        theirs = UNetMotionModel.from_unet2d(UNet2DConditionModel(**u.diffusers_kwargs()), adapter)
+    ours = ours.to(device=device, dtype=dtype).eval()
+    theirs = theirs.to(device=device, dtype=dtype).eval()
+    x = torch.randn(1, u.in_channels, F, s, s, device=device, dtype=dtype)
+    tokens = torch.randn(1, F, config.a2l.num_tokens, u.cross_attention_dim, device=device, dtype=dtype)
+    t = torch.tensor([500], device=device)
+    with torch.no_grad():
+        ref_net_feats = _fake_reference(ours, config, device, dtype)
+        full = timed(lambda: ours(x, t, tokens, *ref_net_feats), device, repeats)
+        like = timed(lambda: _intra_only(ours, x, t, tokens), device, repeats)
+        ctx = tokens[0]  # diffusers folds frames into the batch: [F, N, D] context for [1, C, F, h, w]
+        base = timed(lambda: theirs(x, t, encoder_hidden_states=ctx).sample, device, repeats)
+    return {"ours_full_s": full, "ours_animatediff_equivalent_s": like, "diffusers_s": base,
+            "speed_vs_diffusers": base / like, "full_loopy_overhead": full / like}
+
+
+def _fake_reference(denoiser, config, device, dtype):
+    """Reference tokens and motion-frame features of the right shapes (as the ReferenceNet would give)."""
+    from .models.reference_net import ReferenceNet
+
+    with torch.device(device):
+        ref = ReferenceNet(unet_config=asdict(config.unet)).to(dtype=dtype).eval()
+    C, s, M = config.latent_channels, config.latent_size, config.num_motion_frames
+    return ref(torch.randn(1, C, s, s, device=device, dtype=dtype),
+               torch.randn(1, C, M, s, s, device=device, dtype=dtype))
+
+
+def _intra_only(denoiser, x, t, tokens):
+    """Our denoiser doing AnimateDiff's work: spatial UNet + intra-clip layers, no reference, no inter-clip."""
+    from einops import rearrange
+
+    from .models.unet import unet_forward
+
+    B, C, F, h, w = x.shape
+
+    def intra(part, i, j, hidden):
+        return denoiser.intra_clip.get(part, i, j)(hidden, F)
+
+    out = unet_forward(denoiser.unet, rearrange(x, "b c f h w -> (b f) c h w"), t.repeat_interleave(F),
+                       rearrange(tokens, "b f n d -> (b f) n d"), after_layer=intra)
+    return rearrange(out, "(b f) c h w -> b c f h w", f=F)
+
+
+def bench_breakdown(pipe: LoopyPipeline, steps: int, encoder=None) -> dict:
+    """Share of one clip's time per stage (audio features per clip of audio, ReferenceNet, denoiser, decode, write)."""
+    from .video import VideoWriter
+
+    cfg, device = pipe.config, pipe.device
+    audio = random_audio(cfg, cfg.frames_per_clip)
+    wave = (0.1 * np.random.default_rng(0).standard_normal(int(cfg.frames_per_clip / cfg.fps * 16000))).astype(
+        np.float32)
+    state = pipe.start_video(reference_image(cfg))
+    m = pipe.model
+    motion = m.tsm(None, state.ref_latents)
+    times = {}
+    if cfg.audio.kind == "logmel" or encoder is not None:
+        saved = pipe.audio_encoder
+        pipe.audio_encoder = encoder
+        times["audio_features"] = timed(lambda: pipe.encode_audio(wave, 16000), device)
+        pipe.audio_encoder = saved
+    with torch.no_grad():
+        times["reference_net"] = timed(lambda: m.reference_net(None, motion), device)
+        clip = timed(lambda: pipe.run_clip(state, audio, 0, GenerationOptions(steps=steps)), device)
+        lat = torch.randn(cfg.frames_per_clip, cfg.latent_channels, cfg.latent_size, cfg.latent_size,
+                          device=device, dtype=pipe.dtype)
+        times["vae_decode"] = timed(lambda: m.vae.decode(lat), device)
+    frames = torch.rand(cfg.frames_per_clip, cfg.resolution, cfg.resolution, 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        def write():
+            with VideoWriter(os.path.join(tmp, "x.mp4"), fps=cfg.fps) as w:
+                w.write(frames)
+        times["video_writing"] = timed(write, torch.device("cpu"))
+    times["denoiser"] = max(clip - times["reference_net"] - times["vae_decode"], 0.0)
+    total = sum(times.values())
+    return {"seconds": times, "shares": {k: v / total for k, v in times.items()}}
+
+
+def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: list[str]) -> dict:
+    device = torch.device(device)
+    results: dict = {"config": config.name, "device": str(device), "dtype": str(dtype), "steps": steps}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+    pipe = build_pipeline(config, device, dtype)
+    if "clip" in what:
+        results["clip"] = bench_clip(pipe, steps)
+    if "breakdown" in what:
+        results["breakdown"] = bench_breakdown(pipe, steps)
+    if "length" in what:
+        results["length"] = bench_length(pipe, steps)
+        if device.type == "cpu":
+            results["memory"] = bench_memory(config, steps)
+    if "tsm" in what:
+        results["tsm"] = bench_tsm(config, device, dtype, steps)
+    if "diffusers" in what:
+        results["diffusers"] = bench_vs_diffusers(config, device, dtype)
+    return results
+
+
+def format_table(results: dict) -> str:
+    rows = [f"loopy bench: config {results['config']} on {results.get('gpu', results['device'])}, "
+            f"{results['dtype']}, {results['steps']} steps"]
+
+    def row(name, value, target=""):
+        rows.append(f"  {name:<44} {value:>12}  {target}")
+
+    if "clip" in results:
+        c = results["clip"]
+        row("seconds per 12-frame clip", f"{c['seconds_per_clip']:.3f}")
+        row("frames per second", f"{c['frames_per_second']:.2f}")
+        if "peak_vram_gb" in c:
+            row("peak VRAM (GB)", f"{c['peak_vram_gb']:.2f}")
+    if "tsm" in results:
+        row("TSM 124 frames / 4 motion frames (time)", f"{results['tsm']['ratio']:.3f}x", "target <= 1.15x")
+    if "length" in results:
+        row("10 clips / 1 clip (time)", f"{results['length']['ratio']:.2f}x", "target <= 10.5x")
+    if "memory" in results:
+        row("10 clips / 1 clip (peak RSS, streaming)", f"{results['memory']['ratio']:.3f}x", "target <= 1.05x")
+    if "diffusers" in results:
+        d = results["diffusers"]
+        row("diffusers UNetMotionModel / ours (speed)", f"{d['speed_vs_diffusers']:.2f}x", "target >= 1.0x")
+        row("full Loopy denoiser / AnimateDiff-equivalent", f"{d['full_loopy_overhead']:.2f}x")
+    if "breakdown" in results:
+        for k, v in results["breakdown"]["shares"].items():
+            row(f"share: {k}", f"{100 * v:.1f}%")
+    return "\n".join(rows)
