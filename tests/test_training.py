@@ -19,7 +19,7 @@ from loopy_core.checkpoint import load_checkpoint, save_checkpoint
 from loopy_core.config import LoopyConfig
 from loopy_core.models import LoopyModel
 from training.config import TrainConfig
-from training.data import ShardDataset
+from training.data import EpochSampler, ShardDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +66,11 @@ def test_dataset_items(data):
     item = ds[0]
     assert item["target"].shape == (4, 12, 8, 8) and item["motion"].shape == (4, 20, 8, 8)
     assert item["audio"].shape == (12, 5, 2, 32) and item["motion_stats"].shape == (2,)
-    assert all(torch.equal(item[k], ds[0][k]) for k in item)  # deterministic per (seed, epoch, index)
-    ds.set_epoch(1)
-    assert not torch.equal(item["target"], ds[0]["target"])
+    assert all(torch.equal(item[k], ds[0][k]) for k in item)  # deterministic per (seed, global index)
+    assert not torch.equal(item["target"], ds[len(ds)]["target"])  # the next epoch draws other clips
+    sampler = EpochSampler(4)
+    sampler.set_epoch(2)
+    assert list(sampler) == [8, 9, 10, 11]
     assert ShardDataset(root / "shards", cfg, stage=1)[3]["target"].shape == (4, 1, 8, 8)
     with pytest.raises(ValueError, match="different vae"):
         ShardDataset(root / "shards", LoopyConfig.demo(), stage=2)

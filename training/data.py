@@ -1,7 +1,9 @@
 """Training samples from preprocessed shards (`training.preprocess`).
 
-Each item is drawn deterministically from `(seed, epoch, index)`, so a resumed run sees exactly the batches it would
-have seen (`accelerator.skip_first_batches` skips the consumed ones). Stage 1 yields (reference frame, target frame)
+Each item is drawn deterministically from `(seed, global index)`; `EpochSampler` (which lives in the main process,
+so loader workers can stay alive across epochs and keep their shard caches) hands out the global indices
+`epoch * len + i`. A resumed run therefore sees exactly the batches it would have seen
+(`accelerator.skip_first_batches` skips the consumed ones). Stage 1 yields (reference frame, target frame)
 pairs; stage 2 yields a 12-frame target clip, the TSM's motion frames computed from up to 124 history frames (the
 video start padded exactly as at inference, by the same `TemporalSegmentModule`), the clip's audio windows and the
 clip's motion statistics.
@@ -56,7 +58,6 @@ class ShardDataset(torch.utils.data.Dataset):
         self.config = config
         self.stage = stage
         self.seed = seed
-        self.epoch = 0
         self.frames = config.frames_per_clip if stage == 2 else 1
         self.tsm = TemporalSegmentModule(config.tsm)
         self.videos = [v for v in self.index["videos"] if v["num_frames"] > self.frames]
@@ -64,11 +65,8 @@ class ShardDataset(torch.utils.data.Dataset):
             raise ValueError(f"no video in {self.dir} is longer than {self.frames} frames")
         lengths = np.array([v["num_frames"] for v in self.videos], dtype=np.float64)
         self.weights = lengths / lengths.sum()
-        self.length = max(1, int(lengths.sum()) // self.frames)  # items per epoch
+        self.length = max(1, int(lengths.sum()))  # items per epoch: one per frame of data
         self._cache: dict[str, dict[str, torch.Tensor]] = {} if cache else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.length
@@ -83,7 +81,7 @@ class ShardDataset(torch.utils.data.Dataset):
         return tensors
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        rng = np.random.default_rng([self.seed, int(i)])
         video = self.videos[rng.choice(len(self.videos), p=self.weights)]
         data = self._tensors(video, ("latents", "audio", "head", "expression"))
         T, F = video["num_frames"], self.frames
@@ -105,3 +103,20 @@ class ShardDataset(torch.utils.data.Dataset):
         else:
             item["motion_stats"] = torch.zeros(2)
         return item
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Global item indices `epoch * n + i` for `i` in `0..n-1`; `set_epoch` is called from the training loop."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))

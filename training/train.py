@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
 
     from loopy_core.checkpoint import load_checkpoint
 
-    from .data import ShardDataset
+    from .data import EpochSampler, ShardDataset
     from .objective import LoopyObjective, trainable_modules
 
     # 1. accelerator, then the seed, then the model (so the seed also fixes any new weights)
@@ -196,8 +196,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
 
     # 3. data, optimizer, schedule
     dataset = ShardDataset(cfg.data, model.config, cfg.stage, seed=cfg.seed)
+    sampler = EpochSampler(len(dataset))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, shuffle=False, num_workers=cfg.num_workers, drop_last=True
+        dataset, batch_size=cfg.train_batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
+        persistent_workers=cfg.num_workers > 0,
     )
     optimizer = torch.optim.AdamW(
         params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -246,7 +248,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     last_step = cfg.max_train_steps
     while global_step < last_step:
         epoch, skip = divmod(consumed, batches_per_epoch)
-        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for micro, batch in enumerate(epoch_loader):
             generator = step_generator(cfg.seed, global_step, consumed % cfg.gradient_accumulation_steps,
