@@ -2,8 +2,8 @@
 
 The encoder is, in order of preference: ComfyUI's `AUDIO_ENCODER_OUTPUT` when connected (already encoded by its
 AudioEncoderEncode node), the connected `audio_encoder` (Loopy Audio Encoder Loader, or ComfyUI's own Load Audio
-Encoder), else the audio encoder embedded in the model's checkpoint (the demo model has one, so a demo graph needs
-only an image and an audio file). The model is required because features must match it: its wav2vec2 layer count
+Encoder), else the audio encoder embedded in the model's checkpoint. A model with log-mel features (the demo model)
+needs no encoder at all, so its graph needs only an image and an audio file. The model is required because features must match it: its wav2vec2 layer count
 and width, and its window of +-w frames.
 """
 
@@ -36,6 +36,8 @@ def features(model, audio: dict, fps: float, audio_encoder=None, encoder_output=
         encoder_output = audio_encoder.encode_audio(audio["waveform"], audio["sample_rate"])  # ComfyUI's encoder
     if encoder_output is not None:
         return audio_features_from_comfy(encoder_output, fps, config, audio=audio)
+    if config.kind == "logmel":  # weight-free features (the demo model): no encoder to load
+        return extract_audio_features(audio["waveform"], audio["sample_rate"], fps, None, config)
     encoder = audio_encoder or model.audio_encoder
     if encoder is None:
         raise ValueError(f"the model {model.name!r} has no embedded audio encoder: connect a Loopy Audio Encoder "

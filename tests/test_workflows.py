@@ -124,3 +124,20 @@ def test_workflow_runs_and_makes_a_frame_per_audio_frame(name, environment, clas
         assert frames.shape[0] == 3 * 12 == round(1.44 * fps)
     else:
         assert frames.shape[0] == math.ceil(seconds * fps - 1e-9) == math.ceil(SPEECH_SECONDS * fps)
+
+
+def test_demo_workflow_runs_the_bundled_demo_model(tmp_path, classes, defs, monkeypatch):
+    """No model files at all: the demo graph finds the bundled model (log-mel audio, no encoder to load)."""
+    (tmp_path / "models").mkdir()
+    cg.make_inputs(tmp_path / "input", SPEECH_SECONDS)
+    monkeypatch.setenv("LOOPY_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setattr(cg.LoadImage, "input_dir", tmp_path / "input")
+    monkeypatch.setattr(cg.LoadAudio, "input_dir", tmp_path / "input")
+    prompt = cg.to_api(cg.read_workflow(cg.ROOT / "workflows" / "loopy_demo.json"), defs)
+    for node in prompt.values():
+        if node["class_type"] == "LoopyLongVideo":
+            node["inputs"].update(steps=1)
+    cg.SaveVideo.saved.clear()
+    cg.run_api(prompt, classes)
+    (video,) = cg.SaveVideo.saved
+    assert video["images"].shape == (math.ceil(SPEECH_SECONDS * 25), 64, 64, 3)
