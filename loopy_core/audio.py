@@ -385,14 +385,9 @@ def _encode_span(model: Any, wave: torch.Tensor, device: torch.device, dtype: to
 
 
 @torch.no_grad()
-def _hold_group_norm_statistics(model: Any, wave: torch.Tensor, block_samples: int) -> Any:
-    """Make the first conv layer's per-channel group norm use whole-file statistics; returns the hook handle.
-
-    Base wav2vec2 normalises each channel of its first conv layer over *all* time steps of the input, so a chunk
-    would otherwise be normalised with its own statistics and its features would depend on where the seams fall.
-    The statistics are gathered here block by block (no whole-file activation is held) and a forward hook puts
-    them in place of the chunk's own. Returns None for models without that layer (layer-norm feature encoders).
-    """
+def _group_norm_statistics(model: Any, wave: torch.Tensor, block_samples: int):
+    """Whole-file per-channel mean and variance of base wav2vec2's first conv layer, gathered block by block (no
+    whole-file activation is held); None for models without that layer (layer-norm feature encoders)."""
     first = model.feature_extractor.conv_layers[0]
     norm = getattr(first, "layer_norm", None)
     if not isinstance(norm, torch.nn.GroupNorm) or norm.num_groups != norm.num_channels:
@@ -410,7 +405,15 @@ def _hold_group_norm_statistics(model: Any, wave: torch.Tensor, block_samples: i
         sums += y.sum(dim=1).cpu()
         squares += (y * y).sum(dim=1).cpu()
     mean = sums / total
-    var = (squares / total - mean * mean).clamp(min=0)  # biased, as GroupNorm
+    return mean, (squares / total - mean * mean).clamp(min=0)  # biased, as GroupNorm
+
+
+def _use_statistics(model: Any, stats) -> Any:
+    """Make the first conv layer's group norm use `stats` (see `_group_norm_statistics`); returns the hook handle."""
+    if stats is None:
+        return None
+    mean, var = stats
+    norm = model.feature_extractor.conv_layers[0].layer_norm
 
     def use_file_statistics(module: torch.nn.GroupNorm, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
         x = inputs[0].float()  # [B, C, T]
@@ -420,6 +423,16 @@ def _hold_group_norm_statistics(model: Any, wave: torch.Tensor, block_samples: i
         return y.to(output.dtype)
 
     return norm.register_forward_hook(use_file_statistics)
+
+
+def _hold_group_norm_statistics(model: Any, wave: torch.Tensor, block_samples: int) -> Any:
+    """Make the first conv layer's per-channel group norm use whole-file statistics; returns the hook handle.
+
+    Base wav2vec2 normalises each channel of its first conv layer over *all* time steps of the input, so a chunk
+    would otherwise be normalised with its own statistics and its features would depend on where the seams fall.
+    Returns None for models without that layer (layer-norm feature encoders).
+    """
+    return _use_statistics(model, _group_norm_statistics(model, wave, block_samples))
 
 
 @torch.no_grad()
@@ -638,6 +651,11 @@ class AudioFeatures:
     def window(self) -> int:
         return (self.feats.shape[1] - 1) // 2
 
+    def frames(self, start: int, count: int) -> torch.Tensor:
+        """Windows of frames `start .. start+count-1` (past the end: the last frame repeated): `[count, 2w+1, L, D]`."""
+        idx = torch.arange(start, start + count).clamp(0, self.num_frames - 1)
+        return self.feats[idx]
+
     @property
     def num_layers(self) -> int:
         return self.feats.shape[2]
@@ -645,6 +663,63 @@ class AudioFeatures:
     @property
     def feature_dim(self) -> int:
         return self.feats.shape[3]
+
+
+class StreamingAudioFeatures:
+    """Audio features computed clip by clip from the 16 kHz waveform, so memory does not grow with the audio's length.
+
+    `frames(start, count)` gives what `AudioFeatures.frames` would: each video frame's position on the 50 Hz feature
+    grid is the same as in `resample_to_fps` over the whole file, and wav2vec2 runs on just the needed span plus
+    `context_seconds` of audio either side, with whole-file statistics for base models' first group norm (as in
+    chunked `encode_wav2vec2`). The only difference from encoding the whole file at once is what attention farther
+    than `context_seconds` would have added. Log-mel features are cheap and tiny, so they are computed once.
+    """
+
+    def __init__(self, wave16k: torch.Tensor, num_frames: int, fps: float, duration_s: float, sample_rate: int,
+                 encoder: Any, config: AudioConfig, context_seconds: float = 1.0):
+        self.num_frames, self.fps, self.duration_s, self.sample_rate = num_frames, fps, duration_s, sample_rate
+        self.config, self.encoder, self.wave = config, encoder, wave16k
+        self.rms = None
+        if config.kind == "logmel":
+            self._feats50 = logmel_features(wave16k, config.feature_dim, config.sample_rate)
+            self.total = self._feats50.shape[0]
+        else:
+            self.field, self.stride = _conv_geometry(encoder.config)
+            self.total = _num_feature_frames(encoder.config, wave16k.numel())
+            self._stats = _group_norm_statistics(encoder, wave16k, int(20 * config.sample_rate))
+        self.context = round(context_seconds * config.sample_rate / LOGMEL_HOP)
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    def _span(self, first: int, last: int) -> torch.Tensor:
+        """50 Hz features `[first, last)` -> `[last - first, L, D]`."""
+        if self.config.kind == "logmel":
+            return self._feats50[first:last]
+        span = self.wave[first * self.stride : (last - 1) * self.stride + self.field]
+        param = next(self.encoder.parameters())
+        hook = _use_statistics(self.encoder, self._stats)
+        try:
+            feats = _encode_span(self.encoder, span, param.device, param.dtype)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return feats
+
+    def frames(self, start: int, count: int) -> torch.Tensor:
+        w = self.config.window
+        centres = torch.arange(start, start + count).clamp(0, self.num_frames - 1)  # past the end: the last frame
+        idx = (centres[:, None] + torch.arange(-w, w + 1)[None]).clamp(0, self.num_frames - 1)
+        scale = (self.total - 1) / (self.num_frames - 1) if self.num_frames > 1 else 0.0
+        pos = idx.double() * scale  # the same grid as resample_to_fps (align_corners=True)
+        lo = pos.floor().long().clamp(0, self.total - 1)
+        first = max(0, int(lo.min()) - self.context)
+        last = min(self.total, int(lo.max()) + 2 + self.context)
+        feats = self._span(first, last)
+        hi = (lo + 1).clamp(max=self.total - 1)
+        frac = (pos - lo.double()).float()[..., None, None]
+        return feats[lo - first] * (1 - frac) + feats[hi - first] * frac  # [count, 2w+1, L, D]
 
 
 def check_encoder_shape(num_layers: int, width: int, config: AudioConfig) -> None:
@@ -693,8 +768,11 @@ def extract_audio_features(
     config: AudioConfig,
     max_seconds: float | None = None,
     chunk_seconds: float = 20.0,
-) -> AudioFeatures:
-    """Waveform -> `AudioFeatures` with `F = ceil(duration * fps)` frames, using a transformers wav2vec2 `encoder`.
+    streaming: bool = False,
+) -> AudioFeatures | StreamingAudioFeatures:
+    """Waveform -> `AudioFeatures` with `F = ceil(duration * fps)` frames, using a transformers wav2vec2 `encoder`
+    (or log-mel features when `config.kind == "logmel"`). `streaming=True` returns `StreamingAudioFeatures`, which
+    computes each clip's features when asked, so memory stays flat however long the audio is.
 
     Raises `ValueError` when the encoder's layers/width differ from `config`, when the audio is longer than
     `max_seconds`, or when the waveform is unusable (see `prepare_waveform`).
@@ -711,6 +789,8 @@ def extract_audio_features(
     # 2. 16 kHz mono, DC removed
     wave16k = _mono_to_target(mono, sample_rate, _check_sample_rate(config.sample_rate, "config.sample_rate"))
     # 3. wav2vec2 (or log-mel) -> frames -> windows
+    if streaming:
+        return StreamingAudioFeatures(wave16k, num_frames, fps, duration_s, sample_rate, encoder, config)
     if config.kind == "logmel":
         feats50 = logmel_features(wave16k, config.feature_dim, config.sample_rate)
     else:

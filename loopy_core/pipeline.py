@@ -107,11 +107,15 @@ class LoopyPipeline:
         return next(self.model.denoiser.parameters()).dtype
 
     # ---- 1. audio
-    def encode_audio(self, waveform, sample_rate: int, fps: float | None = None, max_seconds=None) -> AudioFeatures:
+    def encode_audio(
+        self, waveform, sample_rate: int, fps: float | None = None, max_seconds=None, streaming: bool = False
+    ) -> AudioFeatures:
+        """Audio features once per video; `streaming` computes them clip by clip instead (flat memory)."""
         if self.audio_encoder is None and self.config.audio.kind == "wav2vec2":
             raise ValueError("this pipeline has no audio encoder; load one (wav2vec2 folder) or pass audio features")
         return extract_audio_features(
-            waveform, sample_rate, fps or self.config.fps, self.audio_encoder, self.config.audio, max_seconds
+            waveform, sample_rate, fps or self.config.fps, self.audio_encoder, self.config.audio, max_seconds,
+            streaming=streaming,
         )
 
     # ---- 2. reference and history
@@ -166,8 +170,7 @@ class LoopyPipeline:
         motion = model.tsm(state.history, state.ref_latents)  # [1, C, M, h, w]
         _, motion_feats = model.reference_net(None, motion)
         # 2. motion tokens for this clip's audio windows (edge frames repeated past the end)
-        idx = torch.arange(start, start + F_).clamp(max=audio.num_frames - 1)
-        feats = audio.feats[idx][None].to(device, dtype)  # [1, F, 2w+1, L, D]
+        feats = audio.frames(start, F_)[None].to(device, dtype)  # [1, F, 2w+1, L, D]
         stats = None
         if options.motion_stats is not None:
             stats = torch.as_tensor(options.motion_stats, dtype=dtype, device=device).reshape(1, -1)

@@ -124,7 +124,7 @@ def render_video(
     prepare_reference(image, pipeline.config.resolution)
     # 2. audio features once
     fps = fps or pipeline.config.fps
-    audio = pipeline.encode_audio(waveform, sample_rate, fps, max_seconds)
+    audio = pipeline.encode_audio(waveform, sample_rate, fps, max_seconds, streaming=True)
     clips = math.ceil(audio.num_frames / pipeline.config.frames_per_clip)
     # 3. stream the clips
     steps = options.steps or pipeline.config.guidance.steps

@@ -340,3 +340,21 @@ def test_audio_features_validates_shapes():
         A.AudioFeatures(feats=torch.zeros(4, 5, 2, 8), num_frames=3, fps=25, duration_s=0.12, sample_rate=SR)
     with pytest.raises(ValueError, match=r"rms must be \[F=4\]"):
         A.AudioFeatures(torch.zeros(4, 5, 2, 8), 4, 25, 0.16, SR, rms=torch.zeros(5))
+
+
+@pytest.mark.parametrize("kind", ["logmel", "wav2vec2"])
+def test_streaming_features_match_whole_file_features(kind):
+    """Clip-by-clip features (flat memory) equal the whole-file ones: exactly for log-mel, and for wav2vec2 up to
+    the attention beyond the 1 s context (a random tiny model attends everywhere; trained ones mostly nearby)."""
+    from loopy_core.audio import StreamingAudioFeatures, extract_audio_features, tiny_wav2vec2
+
+    config = LoopyConfig.demo().audio if kind == "logmel" else LoopyConfig.tiny().audio
+    encoder = None if kind == "logmel" else tiny_wav2vec2(config)
+    wave = (0.2 * np.random.default_rng(0).standard_normal(16000 * 7)).astype(np.float32)
+    full = extract_audio_features(wave, 16000, 25, encoder, config)
+    stream = extract_audio_features(wave, 16000, 25, encoder, config, streaming=True)
+    assert isinstance(stream, StreamingAudioFeatures) and stream.num_frames == full.num_frames == 175
+    for start in (0, 12, 84, 168):  # the last clip runs past the end: the last frame repeats
+        a, b = full.frames(start, 12), stream.frames(start, 12)
+        assert a.shape == b.shape == (12, 5, config.num_layers, config.feature_dim)
+        assert ((a - b).norm() / a.norm()).item() < (1e-5 if kind == "logmel" else 5e-3)

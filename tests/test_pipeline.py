@@ -194,3 +194,29 @@ def test_interrupted_generate_leaves_no_file(files, pipe, tmp_path):
         render_video(pipe, image(), speech(1.0)[None], 16000, out, GenerationOptions(steps=2), progress=False,
                      cancel=lambda: True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_memory_does_not_grow_with_video_length(files, tmp_path):
+    """Peak resident memory of a 40 s video streamed to mp4 equals that of a 2 s one (each in a fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    root, ckpt = files
+    script = (
+        "import json, resource, sys\n"
+        "from loopy_core.cli import main\n"
+        "assert main(sys.argv[1:]) == 0\n"
+        "print(json.dumps({'maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    peaks = {}
+    for seconds in (2.0, 40.0):
+        wav = tmp_path / f"{seconds}.wav"
+        save_wav(wav, speech(seconds), 16000)
+        argv = ["generate", "--image", str(root / "face.png"), "--audio", str(wav), "--out",
+                str(tmp_path / f"{seconds}.mp4"), "--model", str(ckpt), "--steps", "1", "--device", "cpu", "--quiet"]
+        out = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        peaks[seconds] = json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mb"]
+    assert read_video(tmp_path / "40.0.mp4").frames.shape[0] == 1000
+    assert peaks[40.0] <= peaks[2.0] * 1.05 + 8, peaks
