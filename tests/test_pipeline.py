@@ -163,6 +163,7 @@ def test_generate_cli_writes_mp4_with_audio(files, capsys):
         ({"--scheduler": "warp"}, "Unknown scheduler 'warp'"),
         ({"--out": "video.avi"}, "must be an .mp4"),
         ({"--audio": "silence.wav"}, "silent"),
+        ({"--audio": "empty.wav"}, "no samples"),
         ({"--audio": "long.wav", "--max-seconds": "2"}, "--max-seconds"),
         ({"--image": "notes.png"}, "not a readable image"),
         ({"--steps": "0"}, "steps must be"),
@@ -173,6 +174,9 @@ def test_generate_bad_inputs(files, change, message, capsys, tmp_path, monkeypat
     root, ckpt = files
     monkeypatch.chdir(tmp_path)
     save_wav(tmp_path / "silence.wav", np.zeros(16000, np.float32), 16000)
+    import soundfile
+
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
     save_wav(tmp_path / "long.wav", speech(3.0), 16000)
     (tmp_path / "notes.png").write_text("not an image")
     args = {"--image": str(root / "face.png"), "--audio": str(root / "speech.wav"), "--out": "out.mp4",
