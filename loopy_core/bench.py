@@ -14,7 +14,6 @@ Weights are random (timing only). On CUDA, times use events after warm-up; elsew
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-import torch
 
 from loopy_core.checkpoint import read_config, read_metadata
 from loopy_core.cli import main
