@@ -12,10 +12,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--config", choices=["tiny", "sd15", "demo"], help="a config preset (default: sd15)")
     src.add_argument("--checkpoint", help="a Loopy .safetensors checkpoint (only its config is read)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--flops", action="store_true", help="also count the FLOPs of one clip (meta device, no memory)")
     p.set_defaults(func=run)
 
 
-def model_card(config) -> dict:
+def clip_flops(config, model, motion, audio) -> dict:
+    """FLOPs of one clip with torch's FLOP counter on meta tensors: the ReferenceNet once, the denoiser per step
+    with the three guidance branches batched, the audio-to-latents once (with and without audio)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return int(counter.get_total_flops())
+
+    C, s, F = config.latent_channels, config.latent_size, config.frames_per_clip
+    ref = torch.empty(1, C, s, s)
+    refnet = count(lambda: model.reference_net(ref, motion))
+    ref_tokens, motion_feats = model.reference_net(ref, motion)
+    a2l = 2 * count(lambda: model.audio_to_latents(audio))
+    tokens = model.audio_to_latents(audio)
+    sample = torch.empty(3, C, F, s, s)
+    step = count(lambda: model.denoiser(
+        sample, torch.empty(3), tokens.expand(3, -1, -1, -1), {k: v.expand(3, -1, -1) for k, v in ref_tokens.items()},
+        {k: v.repeat(3, 1, 1, 1) for k, v in motion_feats.items()},
+    ))
+    steps = config.guidance.steps
+    return {
+        "reference_net": refnet,
+        "audio_to_latents": a2l,
+        "denoiser_step_3_branches": step,
+        "denoiser_per_frame_evaluation": step // (3 * F),
+        "steps": steps,
+        "clip_total": refnet + a2l + steps * step,
+    }
+
+
+def model_card(config, flops: bool = False) -> dict:
     """Everything `inspect` reports, computed on the meta device."""
     import torch
 
@@ -31,8 +65,9 @@ def model_card(config) -> dict:
         ref_tokens, motion_feats = model.reference_net(ref, motion)
         audio = torch.empty(1, F, 2 * config.audio.window + 1, config.audio.num_layers, config.audio.feature_dim)
         tokens = model.audio_to_latents(audio)
+        flop_counts = clip_flops(config, model, motion, audio) if flops else None
     counts = model.parameter_counts()
-    return {
+    card = {
         "config": config.name,
         "parameters": {**counts, "total_trainable": sum(v for k, v in counts.items() if k != "vae")},
         "tsm": {
@@ -59,6 +94,9 @@ def model_card(config) -> dict:
         "resolution": config.resolution,
         "fps": config.fps,
     }
+    if flop_counts is not None:
+        card["flops"] = flop_counts
+    return card
 
 
 def run(args) -> int:
@@ -66,7 +104,7 @@ def run(args) -> int:
     from ..config import LoopyConfig
 
     config = read_config(args.checkpoint) if args.checkpoint else LoopyConfig.preset(args.config or "sd15")
-    card = model_card(config)
+    card = model_card(config, flops=args.flops)
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
@@ -75,6 +113,11 @@ def run(args) -> int:
         print(f"  {name:<18} {n:>14,}")
     t = card["tsm"]
     print(f"  TSM s={t['s']} r={t['r']} K={t['K']}: {t['history_frames']} frames -> {t['motion_latents']} latents")
+    if "flops" in card:
+        f = card["flops"]
+        print(f"  FLOPs per clip ({f['steps']} steps, 3 guidance branches): {f['clip_total'] / 1e12:,.1f} TFLOP "
+              f"(ReferenceNet {f['reference_net'] / 1e12:,.2f}, denoiser per frame evaluation "
+              f"{f['denoiser_per_frame_evaluation'] / 1e12:,.3f})")
     for name, shape in card["clip_shapes"].items():
         if isinstance(shape, dict):
             print(f"  {name:<22} {len(shape)} tensors, e.g. {next(iter(shape.values()))}")
