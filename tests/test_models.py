@@ -218,3 +218,25 @@ def test_gradients_flow_with_checkpointing():
     }
     for name, g in grads.items():
         assert g is not None and g.abs().sum() > 0, name
+
+
+@torch.no_grad()
+def test_inter_clip_layer_skips_work_for_motion_positions_exactly():
+    """Queries and feed-forward for the 20 motion positions are skipped in the last attention: same output as
+    computing every position and keeping the clip's, at 12/32 of that block's feed-forward cost."""
+    torch.manual_seed(0)
+    model = LoopyModel(LoopyConfig.tiny()).eval()
+    perturb_(model.denoiser.inter_clip, seed=3)
+    layer = model.denoiser.inter_clip.get("down", 0, 0).temporal_transformer
+    x = torch.randn(2 * F, 32, 8, 8)
+    ctx = torch.randn(2 * 20, 32, 8, 8)
+    fast = layer(x, F, context=ctx)
+    # reference: every position through the blocks, then the clip's positions kept
+    from einops import rearrange
+
+    seq = torch.cat([rearrange(ctx, "(b m) c h w -> b m c h w", b=2), rearrange(x, "(b f) c h w -> b f c h w", f=F)], 1)
+    seq = layer.proj_in(rearrange(layer.norm(rearrange(seq, "b t c h w -> (b t) c h w")), "(b t) c h w -> (b h w) t c", t=32))
+    for block in layer.transformer_blocks:
+        seq = block(seq)
+    slow = rearrange(layer.proj_out(seq[:, -F:]), "(b h w) f c -> (b f) c h w", b=2, h=8, w=8) + x
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)

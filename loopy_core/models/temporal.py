@@ -82,9 +82,16 @@ class TemporalTransformerBlock(nn.Module):
         else:
             self.positions = SinusoidalPositions(dim, config.intra_max_positions)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [(B h w), T, C]
-        for attn, norm in zip(self.attention_blocks, self.norms):
-            x = attn(self.positions(norm(x))) + x
+    def forward(self, x: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """x: `[(B h w), T, C]`. With `keep`, only the last `keep` positions are returned: the last attention then
+        computes queries (and the feed-forward runs) for those alone, keys and values still over all T."""
+        last = len(self.attention_blocks) - 1
+        for i, (attn, norm) in enumerate(zip(self.attention_blocks, self.norms)):
+            h = self.positions(norm(x))
+            if keep is not None and i == last:
+                x = attn(h[:, -keep:], encoder_hidden_states=h) + x[:, -keep:]
+            else:
+                x = attn(h) + x
         return self.ff(self.ff_norm(x)) + x
 
 
@@ -129,9 +136,11 @@ class TemporalTransformer3D(nn.Module):
         T = x.shape[1]
         x = self.norm(rearrange(x, "b t c h w -> (b t) c h w"))
         x = self.proj_in(rearrange(x, "(b t) c h w -> (b h w) t c", t=T))
-        for block in self.transformer_blocks:
-            x = block(x)
-        x = self.proj_out(x[:, T - num_frames :])  # keep the current clip's positions
+        last = len(self.transformer_blocks) - 1
+        for i, block in enumerate(self.transformer_blocks):
+            # the motion-frame positions only serve as keys and values of the last attention: skip their queries
+            x = block(x, keep=num_frames if context is not None and i == last else None)
+        x = self.proj_out(x[:, x.shape[1] - num_frames :])  # the current clip's positions
         x = rearrange(x, "(b h w) f c -> (b f) c h w", b=B, h=h, w=w)
         return x + hidden_states
 
