@@ -192,3 +192,20 @@ def test_bad_training_options_are_named(tmp_path):
         assert cfg.model.endswith(".safetensors")
     sd = TrainConfig.load(str(ROOT / "training" / "configs" / "stage2_sd15.yaml"))
     assert sd.learning_rate == 1e-5 and sd.stage == 2
+
+
+def test_mouth_mask_and_shard_mouth_boxes(data):
+    from training.objective import mouth_mask
+
+    boxes = torch.tensor([[[0.5, 0.75, 0.1, 0.05]]])  # one frame: mouth centred low in the image
+    mask = mouth_mask(boxes, (8, 8))[0, 0, 0]
+    assert mask.shape == (8, 8) and mask.sum() > 0
+    rows = mask.sum(1).nonzero().flatten().tolist()
+    cols = mask.sum(0).nonzero().flatten().tolist()
+    assert min(rows) >= 4 and max(rows) <= 7 and min(cols) >= 2 and max(cols) <= 5
+    root, _ = data
+    ds = ShardDataset(root / "shards", LoopyConfig.tiny(), stage=2)
+    mouth = ds[0]["mouth"]
+    assert mouth.shape == (12, 4)
+    assert (mouth[:, 1] > 0.55).all() and (mouth[:, 1] < 0.85).all()  # measured below the face's centre
+    assert ((mouth[:, 0] - 0.5).abs() < 0.2).all()

@@ -53,6 +53,7 @@ class TrainConfig:
     high_noise_fraction: float = 0.5  # high_noise_mix: this share of samples draws t from the top of the schedule
     high_noise_min: float = 0.7  # ... from [high_noise_min * T, T)
     region_loss_weight: float = 0.0  # loss weight 1 + w * (normalised |target - reference| per latent pixel)
+    mouth_loss_weight: float = 0.0  # loss weight 1 + w inside the mouth box (shards' `mouth`, one latent pixel margin)
     # condition dropout (one random draw per sample) trains the guidance branches
     p_drop_ref: float = 0.05
     p_drop_audio: float = 0.1

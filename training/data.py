@@ -9,7 +9,8 @@ video start padded exactly as at inference, by the same `TemporalSegmentModule`)
 clip's motion statistics.
 
 Item (stage 2; `F = 1` and no `motion` in stage 1):
-    target [C, F, h, w], ref [C, h, w], motion [C, M, h, w], audio [F, 2w+1, L, D], motion_stats [2]
+    target [C, F, h, w], ref [C, h, w], motion [C, M, h, w], audio [F, 2w+1, L, D], motion_stats [2],
+    mouth [F, 4] (mouth box: centre x, y, half-width, half-height as image fractions; older shards: lower face)
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ class ShardDataset(torch.utils.data.Dataset):
         if self._cache is not None and video["id"] in self._cache:
             return self._cache[video["id"]]
         with safe_open(str(self.dir / video["shard"]), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in names}
+            tensors = {k: f.get_tensor(k) for k in names if k in f.keys()}
+        if "mouth" not in tensors:  # shards from before the mouth box: the lower face
+            tensors["mouth"] = torch.tensor([[0.5, 0.7, 0.16, 0.08]]).expand(video["num_frames"], 4)
         if self._cache is not None:
             self._cache[video["id"]] = tensors
         return tensors
@@ -83,7 +86,7 @@ class ShardDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(i)])
         video = self.videos[rng.choice(len(self.videos), p=self.weights)]
-        data = self._tensors(video, ("latents", "audio", "head", "expression"))
+        data = self._tensors(video, ("latents", "audio", "head", "expression", "mouth"))
         T, F = video["num_frames"], self.frames
         start = int(rng.integers(0, T - F + 1))
         ref_index = int(rng.integers(0, T - F)) if T > F else 0
@@ -96,6 +99,7 @@ class ShardDataset(torch.utils.data.Dataset):
         w = self.config.audio.window
         idx = (torch.arange(start, start + F)[:, None] + torch.arange(-w, w + 1)[None]).clamp(0, T - 1)
         item["audio"] = data["audio"][idx].float()  # [F, 2w+1, L, D]
+        item["mouth"] = data["mouth"][start : start + F].float()
         if self.stage == 2:
             history = latents[max(0, start - self.tsm.span) : start].float().permute(1, 0, 2, 3)[None]  # [1, C, t, h, w]
             item["motion"] = self.tsm(history if history.shape[2] else None, ref[None])[0]

@@ -37,6 +37,18 @@ def trainable_modules(model: LoopyModel, names: list[str]) -> list[nn.Module]:
     return [m for name in names for m in mapping[name]]
 
 
+def mouth_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`[B, F, 4]` mouth boxes (centre x, y, half-width, half-height; image fractions) -> `[B, 1, F, h, w]` 0/1 mask
+    on the latent grid, grown by one latent pixel so that a small mouth always covers a few latents."""
+    h, w = size
+    ys = (torch.arange(h, device=boxes.device) + 0.5) / h
+    xs = (torch.arange(w, device=boxes.device) + 0.5) / w
+    cx, cy, hw, hh = (boxes[..., i, None, None] for i in range(4))  # [B, F, 1, 1]
+    inside_x = (xs[None, None, None, :] - cx).abs() <= hw + 1.0 / w
+    inside_y = (ys[None, None, :, None] - cy).abs() <= hh + 1.0 / h
+    return (inside_x & inside_y).float()[:, None]  # [B, 1, F, h, w]
+
+
 class LoopyObjective(nn.Module):
     def __init__(self, model: LoopyModel, train_config):
         super().__init__()
@@ -91,6 +103,8 @@ class LoopyObjective(nn.Module):
         # 4. prediction and loss
         pred = model.denoiser(noisy, timesteps, tokens, ref_tokens, motion_feats, use_temporal=self.stage == 2)
         loss = F.mse_loss(pred.float(), target.float(), reduction="none")  # [B, C, F, h, w]
+        if cfg.mouth_loss_weight > 0:
+            loss = loss * (1.0 + cfg.mouth_loss_weight * mouth_mask(batch["mouth"], loss.shape[-2:]))
         if cfg.region_loss_weight > 0:
             change = (target_latents - batch["ref"][:, :, None]).abs().mean(dim=1, keepdim=True)
             change = change / change.mean(dim=(2, 3, 4), keepdim=True).clamp_min(1e-6)

@@ -15,10 +15,12 @@ Per video (any container PyAV reads, any fps and resolution):
    installed or no face found, the video is skipped with the reason (`--allow-center-crop` keeps it, centre-cropped);
 4. encode the frames with the model's codec (scaled latents) and the audio into per-frame features;
 5. per-frame motion tracks: head `[T, 3]` and expression `[T, 2]` (ground truth for synthetic videos; the face box
-   centre and lower-face activity for real ones), for the motion statistics.
+   centre and lower-face activity for real ones), for the motion statistics; and the mouth box `[T, 4]` (centre x,
+   y and half-size, image fractions) for the mouth-region loss weight: measured from the pixels of synthetic
+   videos, the lower face of the crop for real ones.
 
 Output: `DATA_DIR/<id>.safetensors` per video (tensors `latents [T, C, h, w]` fp16, `audio [T, L, D]` fp16,
-`wave16k [N]` int16, `head [T, 3]`, `expression [T, 2]`; metadata: source, fps, model config) and
+`wave16k [N]` int16, `head [T, 3]`, `expression [T, 2]`, `mouth [T, 4]`; metadata: source, fps, model config) and
 `DATA_DIR/index.json` with the kept videos and the skipped ones with their reasons.
 """
 
@@ -137,14 +139,20 @@ def process_video(path: Path, model, encoder, args) -> dict[str, torch.Tensor]:
     truth_path = path.with_suffix(".json")
     truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
     if truth is not None and str(truth.get("format", "")).startswith("loopy-synthetic"):
+        from loopy_core.eval.estimators import measure_faces
+
         crop = frames
         head, expression = synthetic_tracks(truth, len(frames), video.fps, cfg.fps)
+        faces = measure_faces(frames)
+        mouth = np.stack([faces.mouth_x, faces.mouth_y, np.maximum(faces.mouth_width, 0.06),
+                          np.maximum(faces.mouth_open, 0.03)], axis=1)
     else:
         box = detect_face_box(frames)
         if box is None and not args.allow_center_crop:
             raise SkipVideo("no face found (install opencv-python-headless for the detector, or --allow-center-crop)")
         crop, _ = square_crop(frames, box, args.margin)
         head, expression = real_video_tracks(crop)
+        mouth = np.tile(np.array([[0.5, 0.7, 0.16, 0.08]], np.float32), (len(crop), 1))  # lower face of the crop
     # 4. latents and audio features
     pixels = torch.from_numpy(np.ascontiguousarray(crop)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     latents = []
@@ -166,6 +174,7 @@ def process_video(path: Path, model, encoder, args) -> dict[str, torch.Tensor]:
         "wave16k": (wave16k.clamp(-1, 1) * 32767).round().to(torch.int16).contiguous(),
         "head": torch.as_tensor(head[:T], dtype=torch.float32).contiguous(),
         "expression": torch.as_tensor(expression[:T], dtype=torch.float32).contiguous(),
+        "mouth": torch.as_tensor(mouth[:T], dtype=torch.float32).contiguous(),
     }
 
 

@@ -46,6 +46,7 @@ class FaceMeasurements:
     """Per-frame measurements, each a float array [T].
 
     mouth_open: mouth half-height (fraction of image height); mouth_width: mouth half-width (fraction of width);
+    mouth_x, mouth_y: mouth centre (fractions of the image width and height);
     tx, ty: head pivot offset from the neutral position (fractions of the image size); roll: radians, clockwise;
     yaw: sideways shift of the features against the silhouette (fraction of the image width, proportional to yaw);
     blink: eyelid closure 0..1 from the eye area; valid: eyes and mouth were found and the eyes are open.
@@ -53,6 +54,8 @@ class FaceMeasurements:
 
     mouth_open: np.ndarray
     mouth_width: np.ndarray
+    mouth_x: np.ndarray
+    mouth_y: np.ndarray
     tx: np.ndarray
     ty: np.ndarray
     roll: np.ndarray
@@ -161,6 +164,8 @@ def _measure_chunk(x: torch.Tensor) -> dict[str, torch.Tensor]:
         "yaw": shift / w,
         "eye_mass": torch.minimum(l_mass, r_mass),
         "mouth_mass": m_mass,
+        "mouth_x": m_cx / w,
+        "mouth_y": m_cy / h,
     }
 
 
@@ -193,6 +198,8 @@ def measure_faces(frames: Any, chunk: int = 64) -> FaceMeasurements:
     return FaceMeasurements(
         mouth_open=out["mouth_open"],
         mouth_width=out["mouth_width"],
+        mouth_x=out["mouth_x"],
+        mouth_y=out["mouth_y"],
         tx=out["sil_x"] + offset * np.sin(roll) - NEUTRAL_CENTRE[0],
         ty=out["sil_y"] - offset * np.cos(roll) - NEUTRAL_CENTRE[1],
         roll=roll,
