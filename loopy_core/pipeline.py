@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import diffusers
@@ -88,8 +88,6 @@ class VideoState:
     ref_tokens: dict[str, torch.Tensor]  # ReferenceNet attn1 inputs of the reference
     generator: torch.Generator
     history: torch.Tensor | None = None  # [1, C, T, h, w], T <= TSM span
-    frames_done: int = 0
-    extras: dict = field(default_factory=dict)
 
 
 class LoopyPipeline:
@@ -222,7 +220,6 @@ class LoopyPipeline:
         latents = latents[:, :, :keep].to(dtype)
         history = latents if state.history is None else torch.cat([state.history, latents], dim=2)
         state.history = history[:, :, -model.tsm.span :]
-        state.frames_done = start + keep
         flat = latents[0].permute(1, 0, 2, 3)  # [n, C, h, w]
         pixels = model.vae.decode(flat, slice_size=options.decode_slice_size)
         return to_image_tensor(pixels)
