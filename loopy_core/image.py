@@ -33,6 +33,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = MAX_SIDE * MAX_SIDE
     try:
         with Image.open(path) as im:
+            if max(im.size) > MAX_SIDE:  # from the header, before decoding hundreds of megapixels
+                raise ValueError(
+                    f"Image {str(path)!r} is {im.size[0]}x{im.size[1]} pixels; the limit is {MAX_SIDE} per side, "
+                    "resize it first"
+                )
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32) / 65535.0

@@ -31,7 +31,7 @@ def run(args) -> int:
     from ..render import check_audio, load_pipeline, render_video
     from ..synthetic.speech import speech_envelope
     from ..video import load_audio, read_video
-    from .generate import options_from_args
+    from .generate import check_fps, options_from_args
 
     model = Path(args.model) if args.model else DEMO_MODEL
     if not model.is_file():
@@ -40,6 +40,7 @@ def run(args) -> int:
         )
     if not args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out must be an .mp4 file, got {args.out!r}")
+    check_fps(args.fps)
     options = options_from_args(args)
     image = load_image(args.image or DEMO_DIR / "portrait.png")
     waveform, sample_rate = load_audio(args.audio or DEMO_DIR / "speech.wav")

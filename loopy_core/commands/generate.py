@@ -20,6 +20,11 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_fps(fps) -> None:
+    if fps is not None and not 1 <= fps <= 120:
+        raise ValueError(f"--fps must be between 1 and 120, got {fps:g}")
+
+
 def options_from_args(args):
     from ..guidance import parse_scale
     from ..pipeline import GenerationOptions
@@ -58,6 +63,7 @@ def run(args) -> int:
     make_scheduler(args.scheduler, NoiseConfig())
     if not args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out must be an .mp4 file, got {args.out!r}")
+    check_fps(args.fps)
     image = load_image(args.image)
     waveform, sample_rate = load_audio(args.audio)
     check_audio(waveform, sample_rate, args.max_seconds)
