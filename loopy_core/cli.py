@@ -36,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, MemoryError) as e:
         if os.environ.get("LOOPY_DEBUG"):
+            raise
+        print(f"loopy {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # out of device memory: the message says what lowers it
+        if type(e).__name__ != "LoopyOutOfMemory" or os.environ.get("LOOPY_DEBUG"):
             raise
         print(f"loopy {args.command}: error: {e}", file=sys.stderr)
         return 2

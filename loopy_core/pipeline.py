@@ -49,6 +49,22 @@ class GenerationCancelled(Exception):
     """Raised between steps when the caller's `cancel()` returns True."""
 
 
+class LoopyOutOfMemory(RuntimeError):
+    """The device ran out of memory; the message lists the options that lower memory."""
+
+
+def out_of_memory(error: BaseException, device: torch.device, dtype: torch.dtype, clip: int) -> LoopyOutOfMemory:
+    """Release what the failed clip held and explain how to need less memory."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    tips = ["run the guidance branches one after another (--low-memory / sequential_guidance)",
+            "decode fewer frames at once (decode_slice_size)"]
+    if dtype == torch.float32:
+        tips.append("use half precision (--dtype fp16 or bf16)")
+    return LoopyOutOfMemory(f"out of memory on {device} at clip {clip} ({str(error).splitlines()[0][:200]}); to lower "
+                            "memory: " + "; ".join(tips))
+
+
 def make_scheduler(name: str, noise) -> Any:
     """A diffusers scheduler by short name (`SCHEDULERS`) or class name, on the model's noise schedule."""
     class_name = SCHEDULERS.get(name.lower(), name)
@@ -152,7 +168,14 @@ class LoopyPipeline:
         cancel: Callable[[], bool] | None = None,
     ) -> torch.Tensor:
         """Generate clip `clip_index` of the video; returns its frames as IMAGE `[n, H, W, 3]` (n <= F, the last
-        clip trimmed to the audio) and appends their latents to `state.history`."""
+        clip trimmed to the audio) and appends their latents to `state.history`. Out of memory raises
+        `LoopyOutOfMemory` with the options that lower memory."""
+        try:
+            return self._run_clip(state, audio, clip_index, options, callback, cancel)
+        except torch.OutOfMemoryError as e:
+            raise out_of_memory(e, self.device, self.dtype, clip_index) from None
+
+    def _run_clip(self, state, audio, clip_index, options, callback, cancel) -> torch.Tensor:
         options = options or GenerationOptions()
         options.check()
         model, cfg = self.model, self.config

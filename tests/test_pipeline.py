@@ -224,3 +224,16 @@ def test_memory_does_not_grow_with_video_length(files, tmp_path):
         peaks[seconds] = json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mb"]
     assert read_video(tmp_path / "40.0.mp4").frames.shape[0] == 1000
     assert peaks[40.0] <= peaks[2.0] * 1.05 + 8, peaks
+
+
+def test_out_of_memory_is_reported_with_the_options_that_lower_it(pipe, monkeypatch):
+    from loopy_core.pipeline import LoopyOutOfMemory
+
+    audio = pipe.encode_audio(speech(0.3), 16000)
+
+    def boom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pipe.model.denoiser, "forward", boom)
+    with pytest.raises(LoopyOutOfMemory, match="clip 0.*--low-memory.*decode_slice_size.*--dtype fp16"):
+        pipe(image(), audio, GenerationOptions(steps=1))
