@@ -103,16 +103,23 @@ def render_video(
     progress: bool = True,
     cancel: Callable[[], bool] | None = None,
     fps: float | None = None,
+    crop: str = "none",
 ) -> dict:
-    """Generate the video for `image` + `waveform` and write it, with the input audio, to `out` (H.264 + AAC)."""
+    """Generate the video for `image` + `waveform` and write it, with the input audio, to `out` (H.264 + AAC).
+
+    `crop="auto"`: detect the face, generate on a square crop around it and paste every clip back into the original
+    image (the video then has the image's size, rounded down to even width and height); `"none"`: the centre square
+    at the model's resolution."""
     from tqdm import tqdm
 
-    from .image import prepare_reference
+    from .image import prepare_reference, to_rgb_float
     from .video import VideoWriter
 
     options = options or GenerationOptions()
     # 1. check everything first
     options.check()
+    if crop not in ("auto", "none"):
+        raise ValueError(f"crop must be 'auto' or 'none', got {crop!r}")
     make_scheduler(options.scheduler, pipeline.config.noise)
     out = Path(out)
     if out.suffix.lower() != ".mp4":
@@ -122,6 +129,20 @@ def render_video(
     waveform = np.atleast_2d(np.asarray(waveform, dtype=np.float32))
     check_audio(waveform, sample_rate, max_seconds)
     prepare_reference(image, pipeline.config.resolution)
+    paste = None
+    if crop == "auto":
+        from .face import crop as crop_image
+        from .face import face_crop_info, paste_back
+
+        original = to_rgb_float(image)
+        info = face_crop_info(original)
+        logger.info("face crop: %s square at (%d, %d), %d px", "face" if info.found else "centre", info.left,
+                    info.top, info.side)
+        image = crop_image(original, info, pipeline.config.resolution).numpy()
+        even_h, even_w = info.height // 2 * 2, info.width // 2 * 2
+
+        def paste(frames):
+            return paste_back(original, frames, info)[:, :even_h, :even_w]
     # 2. audio features once
     fps = fps or pipeline.config.fps
     audio = pipeline.encode_audio(waveform, sample_rate, fps, max_seconds, streaming=True)
@@ -139,7 +160,7 @@ def render_video(
     try:
         with VideoWriter(out, fps=fps, audio=mux, sample_rate=sample_rate) as writer:
             for frames in pipeline.clips(image, audio, options, callback=on_step, cancel=cancel):
-                writer.write(frames)
+                writer.write(frames if paste is None else paste(frames))
     finally:
         bar.close()
     elapsed = time.perf_counter() - start

@@ -150,7 +150,7 @@ def test_generate_cli_writes_mp4_with_audio(files, capsys):
     assert main(argv) == 0
     assert "33 frames" in capsys.readouterr().out  # ceil(1.3 s * 25)
     video = read_video(out)
-    assert video.frames.shape == (33, 64, 64, 3) and video.fps == pytest.approx(25)
+    assert video.frames.shape == (33, 90, 70, 3) and video.fps == pytest.approx(25)  # --crop auto: the photo's size
     assert video.audio is not None
     assert abs(video.audio.shape[1] / video.sample_rate - 33 / 25) <= 1 / 25 + 0.03  # AAC priming
 

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="your portrait instead of the bundled one")
     p.add_argument("--audio", help="your speech instead of the bundled sample")
     p.add_argument("--model", help="another Loopy checkpoint instead of the bundled demo model")
-    add_generation_arguments(p)
+    add_generation_arguments(p, crop="none")
     p.set_defaults(func=run)
 
 
@@ -47,7 +47,7 @@ def run(args) -> int:
     check_audio(waveform, sample_rate, args.max_seconds)
     pipeline = load_pipeline(model, None, None, args.device, args.dtype)
     result = render_video(pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds,
-                          not args.quiet, fps=args.fps)
+                          not args.quiet, fps=args.fps, crop=args.crop)
     print(f"wrote {Path(result['path']).resolve()}: {result['frames']} frames at {result['fps']:g} fps "
           f"({result['seconds']:.1f} s of speech) in {result['elapsed_s']:.1f} s")
     # lip sync read back from the video's pixels (the synthetic world's estimator: meaningful for its faces)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 
-def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    """Sampling flags shared by `generate` and `demo`."""
+def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto") -> None:
+    """Sampling flags shared by `generate` and `demo` (`crop`: the --crop default)."""
     p.add_argument("--steps", type=int, help="denoising steps per clip (default: the model's, 25 for SD1.5 models)")
     p.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_a, dpmpp_2m, unipc, ... ")
     p.add_argument("--audio-cfg", help="audio guidance scale, or a schedule '6,4,2' (default: the model's)")
@@ -18,6 +18,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-memory", action="store_true", help="run the guidance branches one after another")
     p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--crop", choices=["auto", "none"], default=crop,
+                   help=f"auto: find the face, animate a square around it and paste it back into the full image; "
+                        f"none: the centre square (default {crop})")
 
 
 def check_fps(fps) -> None:
@@ -69,7 +72,8 @@ def run(args) -> int:
     check_audio(waveform, sample_rate, args.max_seconds)
     pipeline = load_pipeline(args.model, args.base, args.audio_encoder, args.device, args.dtype)
     result = render_video(
-        pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds, not args.quiet, fps=args.fps
+        pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds, not args.quiet, fps=args.fps,
+        crop=args.crop,
     )
     print(
         f"wrote {result['path']}: {result['frames']} frames at {result['fps']:g} fps "
