@@ -31,7 +31,7 @@ def test_loads_by_file_path_without_shadowing_comfy_nodes(tmp_path):
         spec.loader.exec_module(module)
         assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
         assert isinstance(module.NODE_DISPLAY_NAME_MAPPINGS, dict)
-        assert len(module.NODE_CLASS_MAPPINGS) == 6 and all(k.startswith("Loopy") for k in module.NODE_CLASS_MAPPINGS)
+        assert len(module.NODE_CLASS_MAPPINGS) == 8 and all(k.startswith("Loopy") for k in module.NODE_CLASS_MAPPINGS)
         assert set(module.NODE_DISPLAY_NAME_MAPPINGS) == set(module.NODE_CLASS_MAPPINGS)
         assert sys.modules["nodes"].COMFY_BUILTIN, "ComfyUI's nodes module was shadowed"
         heavy = [m for m in ("diffusers", "transformers") if m in sys.modules]

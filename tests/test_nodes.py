@@ -65,7 +65,7 @@ def sample_widgets(seed: int = 0, **over) -> dict:
 def test_every_node_is_declared_consistently(nodes):
     display = cg.load_pack().NODE_DISPLAY_NAME_MAPPINGS
     assert set(nodes) == {"LoopyModelLoader", "LoopyAudioEncoderLoader", "LoopyAudioEncode", "LoopyMotionFrames",
-                          "LoopySampler", "LoopyLongVideo"}
+                          "LoopySampler", "LoopyLongVideo", "LoopyFaceCrop", "LoopyPasteBack"}
     for node_id, cls in nodes.items():
         assert node_id.startswith("Loopy") and display[node_id].startswith("Loopy ")
         assert cls.CATEGORY == "Loopy" and len(cls.DESCRIPTION) > 20
