@@ -178,3 +178,20 @@ def test_bad_training_inputs(tmp_path, capsys):
     (tmp_path / "t.yaml").write_text(json.dumps({"learning_rate": 1e-4, "stage": 5}))
     assert train(["--config", str(tmp_path / "t.yaml")]) == 2
     assert "stage must be 1 or 2" in capsys.readouterr().err
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    from loopy_core.image import load_image
+
+    img = Image.fromarray(np.zeros((40, 80, 3), np.uint8))  # landscape pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": the photo is portrait
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg").shape == (80, 40, 3)
+
+
+def test_clipped_and_offset_audio_still_works(corpus, tmp_path):
+    wave = np.clip(tone(0.4) * 8.0, -1.0, 1.0) + 0.2  # hard clipping and a DC offset
+    sf.write(tmp_path / "clipped.wav", np.clip(wave, -1, 1), RATE, subtype="FLOAT")
+    assert main(generate(corpus, tmp_path, **{"--audio": tmp_path / "clipped.wav", "--crop": "none"})) == 0
+    assert read_video(tmp_path / "out.mp4").frames.shape[0] == 10
