@@ -209,3 +209,32 @@ def test_mouth_mask_and_shard_mouth_boxes(data):
     assert mouth.shape == (12, 4)
     assert (mouth[:, 1] > 0.55).all() and (mouth[:, 1] < 0.85).all()  # measured below the face's centre
     assert ((mouth[:, 0] - 0.5).abs() < 0.2).all()
+
+
+def test_preprocess_finds_the_face_in_a_real_style_video(data, tmp_path):
+    """A video with no ground truth beside it goes through face detection and the steady square crop."""
+    from PIL import Image
+
+    from loopy_core.commands.demo import DEMO_DIR
+    from loopy_core.video import VideoWriter
+    from training.preprocess import detect_face_box
+    from training.preprocess import main as preprocess
+
+    root, init = data
+    portrait = np.asarray(Image.open(DEMO_DIR / "portrait.png").convert("RGB").resize((96, 96)))
+    canvas = np.full((150, 200, 3), 200, np.uint8)
+    canvas[30:126, 80:176] = portrait
+    frames = np.repeat(canvas[None], 40, axis=0)
+    box = detect_face_box(frames)
+    assert box is not None
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    assert 100 < cx < 156 and 50 < cy < 110  # inside the pasted portrait
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    t = np.arange(int(1.6 * 16000)) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 160 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+    with VideoWriter(videos / "person.mp4", fps=25, audio=wave, sample_rate=16000) as w:
+        w.write(frames)
+    assert preprocess(["--videos", str(videos), "--out", str(tmp_path / "shards"), "--model", str(init)]) == 0
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    assert [v["source"] for v in index["videos"]] == ["person.mp4"] and not index["skipped"]

@@ -10,9 +10,9 @@ Per video (any container PyAV reads, any fps and resolution):
    ones shorter than one clip;
 2. resample to the model's fps (nearest frame);
 3. crop a face-centred square: a synthetic-world video (a `<stem>.json` ground truth beside it) is already one;
-   otherwise OpenCV's Haar face detector (weights inside the `opencv-python-headless` wheel) finds the face in
-   sampled frames and one steady crop with margin for head motion is used for the whole video; with no detector
-   installed or no face found, the video is skipped with the reason (`--allow-center-crop` keeps it, centre-cropped);
+   otherwise `loopy_core.face` (OpenCV's Haar detector, weights inside the `opencv-python-headless` wheel) finds the
+   face in sampled frames and one steady crop with margin for head motion is used for the whole video; with no face
+   found, the video is skipped with the reason (`--allow-center-crop` keeps it, centre-cropped);
 4. encode the frames with the model's codec (scaled latents) and the audio into per-frame features;
 5. per-frame motion tracks: head `[T, 3]` and expression `[T, 2]` (ground truth for synthetic videos; the face box
    centre and lower-face activity for real ones), for the motion statistics; and the mouth box `[T, 4]` (centre x,
@@ -57,18 +57,14 @@ def resample_frames(frames: np.ndarray, src_fps: float, fps: float) -> np.ndarra
 
 
 def detect_face_box(frames: np.ndarray, samples: int = 12):
-    """Median Haar face box `(x, y, w, h)` over sampled frames, or None when no face is found."""
-    try:
-        import cv2
-    except ImportError:
-        return None
-    cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+    """Median face box `(x, y, w, h)` over sampled frames (`loopy_core.face.detect_face`), or None if none found."""
+    from loopy_core.face import detect_face
+
     boxes = []
     for i in np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int):
-        gray = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
-        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        if len(found):
-            boxes.append(max(found, key=lambda b: b[2] * b[3]))  # the largest face
+        box = detect_face(frames[i].astype(np.float32) / 255.0)
+        if box is not None:
+            boxes.append(box)
     if not boxes:
         return None
     return np.median(np.array(boxes, dtype=np.float32), axis=0)
