@@ -7,7 +7,9 @@
 - `diffusers`: one UNet evaluation of our denoiser against diffusers' `UNetMotionModel` (SD1.5 + AnimateDiff) of
   identical widths, same frames and dtype; also ours with only the AnimateDiff-equivalent work (no reference
   attention, no inter-clip layers), which is the like-for-like number;
-- `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing.
+- `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing;
+- `channels_last`, `compile`: seconds per clip with `LoopyPipeline.optimize` (channels-last weights; `torch.compile`
+  of the denoiser and ReferenceNet, with the one-off compile time reported apart) over the eager default.
 Weights are random (timing only). On CUDA, times use events after warm-up; elsewhere `perf_counter`.
 """
 
@@ -57,20 +59,20 @@ def random_audio(config: LoopyConfig, num_frames: int, seed: int = 0) -> AudioFe
                          sample_rate=a.sample_rate)
 
 
-def build_pipeline(config: LoopyConfig, device, dtype) -> LoopyPipeline:
+def build_pipeline(config: LoopyConfig, device, dtype, **optimize) -> LoopyPipeline:
     from .models.loopy import LoopyModel
 
     torch.manual_seed(0)
     with torch.device(device):
         model = LoopyModel(config)
-    return LoopyPipeline(model.to(device=device, dtype=dtype).eval())
+    return LoopyPipeline(model.to(device=device, dtype=dtype).eval()).optimize(**optimize)
 
 
 def reference_image(config: LoopyConfig) -> np.ndarray:
     return np.random.default_rng(0).random((config.resolution, config.resolution, 3)).astype(np.float32)
 
 
-def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3) -> dict:
+def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3, warmup: int = 1) -> dict:
     """Seconds per clip at steady state (history full), frames/s and peak device memory."""
     cfg, device = pipe.config, pipe.device
     audio = random_audio(cfg, cfg.frames_per_clip * 12)
@@ -81,7 +83,7 @@ def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     k = iter(range(1, 12))
-    seconds = timed(lambda: pipe.run_clip(state, audio, next(k), options), device, repeats)
+    seconds = timed(lambda: pipe.run_clip(state, audio, next(k), options), device, repeats, warmup)
     out = {"seconds_per_clip": seconds, "frames_per_second": cfg.frames_per_clip / seconds, "steps": steps}
     if device.type == "cuda":
         out["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -104,8 +106,21 @@ def bench_length(pipe: LoopyPipeline, steps: int) -> dict:
         return lambda: [None for _ in pipe.clips(reference_image(cfg), audio, options)]
 
     one = timed(video(1), device, repeats=3)
-    ten = timed(video(10), device, repeats=1)
-    return {"one_clip_s": one, "ten_clips_s": ten, "ratio": ten / one}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ten = timed(video(10), device, repeats=1, warmup=0)  # warm already: the one-clip runs did the same work
+    out = {"one_clip_s": one, "ten_clips_s": ten, "ratio": ten / one}
+    if device.type == "cuda":
+        out["ten_clips_peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def bench_optimized(config: LoopyConfig, device, dtype, steps: int, eager_s: float, **optimize) -> dict:
+    """Seconds per clip with `LoopyPipeline.optimize(**optimize)` over `eager_s`; a compile's first clip apart."""
+    pipe = build_pipeline(config, device, dtype, **optimize)
+    first = timed(lambda: bench_clip(pipe, steps, repeats=1, warmup=0), device, repeats=1, warmup=0)
+    seconds = bench_clip(pipe, steps, repeats=3, warmup=0)["seconds_per_clip"]
+    return {"seconds_per_clip": seconds, "first_clip_s": first, "eager_s": eager_s, "speedup": eager_s / seconds}
 
 
 _RSS_SCRIPT = """
@@ -230,24 +245,34 @@ def bench_breakdown(pipe: LoopyPipeline, steps: int, encoder=None) -> dict:
     return {"seconds": times, "shares": {k: v / total for k, v in times.items()}}
 
 
-def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: list[str]) -> dict:
+def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: list[str],
+        on_part: Callable[[dict], None] | None = None) -> dict:
+    """The parts in `what`, in a fixed order; `on_part(results)` after each (e.g. to save partial results)."""
     device = torch.device(device)
     results: dict = {"config": config.name, "device": str(device), "dtype": str(dtype), "steps": steps}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     pipe = build_pipeline(config, device, dtype)
-    if "clip" in what:
-        results["clip"] = bench_clip(pipe, steps)
-    if "breakdown" in what:
-        results["breakdown"] = bench_breakdown(pipe, steps)
-    if "length" in what:
-        results["length"] = bench_length(pipe, steps)
-        if device.type == "cpu":
-            results["memory"] = bench_memory(config, steps)
-    if "tsm" in what:
-        results["tsm"] = bench_tsm(config, device, dtype, steps)
-    if "diffusers" in what:
-        results["diffusers"] = bench_vs_diffusers(config, device, dtype)
+
+    def part(name, fn, wanted=None):
+        if name in what if wanted is None else wanted:
+            results[name] = fn()
+            if on_part is not None:
+                on_part(results)
+
+    part("clip", lambda: bench_clip(pipe, steps))
+    part("breakdown", lambda: bench_breakdown(pipe, steps))
+    part("length", lambda: bench_length(pipe, steps))
+    if device.type == "cpu":
+        part("memory", lambda: bench_memory(config, steps), wanted="length" in what)
+    part("diffusers", lambda: bench_vs_diffusers(config, device, dtype))
+
+    def eager() -> float:
+        return results["clip"]["seconds_per_clip"] if "clip" in results else bench_clip(pipe, steps)["seconds_per_clip"]
+
+    part("tsm", lambda: bench_tsm(config, device, dtype, steps))
+    part("channels_last", lambda: bench_optimized(config, device, dtype, steps, eager(), channels_last=True))
+    part("compile", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True))
     return results
 
 
@@ -268,12 +293,19 @@ def format_table(results: dict) -> str:
         row("TSM 124 frames / 4 motion frames (time)", f"{results['tsm']['ratio']:.3f}x", "target <= 1.15x")
     if "length" in results:
         row("10 clips / 1 clip (time)", f"{results['length']['ratio']:.2f}x", "target <= 10.5x")
+        if "ten_clips_peak_vram_gb" in results["length"]:
+            row("peak VRAM over 10 clips (GB)", f"{results['length']['ten_clips_peak_vram_gb']:.2f}")
     if "memory" in results:
         row("10 clips / 1 clip (peak RSS, streaming)", f"{results['memory']['ratio']:.3f}x", "target <= 1.05x")
     if "diffusers" in results:
         d = results["diffusers"]
         row("diffusers UNetMotionModel / ours (speed)", f"{d['speed_vs_diffusers']:.2f}x", "target >= 1.0x")
         row("full Loopy denoiser / AnimateDiff-equivalent", f"{d['full_loopy_overhead']:.2f}x")
+    for name in ("channels_last", "compile"):
+        if name in results:
+            o = results[name]
+            row(f"{name.replace('_', '-')}: eager / optimized (speed)", f"{o['speedup']:.2f}x",
+                f"first clip {o['first_clip_s']:.1f} s")
     if "breakdown" in results:
         for k, v in results["breakdown"]["shares"].items():
             row(f"share: {k}", f"{100 * v:.1f}%")

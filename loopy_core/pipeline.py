@@ -112,6 +112,18 @@ class LoopyPipeline:
         self.audio_encoder = audio_encoder
         self.config = model.config
 
+    def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str | None = None,
+                 compile_backend: str = "inductor") -> "LoopyPipeline":
+        """Optional speed-ups, in place: channels-last convolution weights (faster cuDNN kernels on recent GPUs)
+        and `torch.compile` of the denoiser and ReferenceNet (the first clip pays the compile time; a new branch
+        count or resolution recompiles). Outputs match the eager model within the dtype's rounding."""
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            for module in (self.model.denoiser, self.model.reference_net):
+                module.compile(mode=compile_mode, backend=compile_backend, dynamic=False)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.model.denoiser.parameters()).device

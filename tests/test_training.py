@@ -192,6 +192,12 @@ def test_bad_training_options_are_named(tmp_path):
         assert cfg.model.endswith(".safetensors")
     sd = TrainConfig.load(str(ROOT / "training" / "configs" / "stage2_sd15.yaml"))
     assert sd.learning_rate == 1e-5 and sd.stage == 2
+    # YAML reads 2e-4 (no dot) as text: numbers still come out as numbers, in a file and on the command line
+    (tmp_path / "c.yaml").write_text("learning_rate: 3e-5\nmax_train_steps: '40'\n")
+    cfg = TrainConfig.load(str(tmp_path / "c.yaml"), ["ema_decay=9e-1", "mixed_precision=no"])
+    assert (cfg.learning_rate, cfg.max_train_steps, cfg.ema_decay, cfg.mixed_precision) == (3e-5, 40, 0.9, "no")
+    with pytest.raises(ValueError, match=r"learning_rate='fast' must be a number"):
+        TrainConfig.load(None, ["learning_rate=fast"])
 
 
 def test_mouth_mask_and_shard_mouth_boxes(data):

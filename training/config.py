@@ -106,6 +106,14 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+        for key, value in data.items():
+            # YAML reads `2e-4` (no dot) as text; numbers are numbers whichever way they were written
+            kind = {"float": float, "int": int}.get(types[key])
+            if kind is not None and isinstance(value, str):
+                try:
+                    data[key] = kind(value)
+                except ValueError:
+                    raise ValueError(f"training option {key}={value!r} must be a number ({types[key]})") from None
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ def cut_truth(truth: dict, n: int) -> dict:
     return out
 
 
-def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", seed=0, limit=None) -> dict:
+def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", seed=0, limit=None,
+             audio_guidance=None, ref_guidance=None) -> dict:
     from PIL import Image
 
     from loopy_core.eval import evaluate_video
@@ -50,7 +51,8 @@ def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", se
         reference = np.asarray(Image.open(videos_dir / entry["reference"]).convert("RGB"))
         start = time.perf_counter()
         features = pipe.encode_audio(audio, clip.sample_rate)
-        frames = pipe(reference, features, GenerationOptions(steps=steps, seed=seed)).numpy()
+        frames = pipe(reference, features, GenerationOptions(
+            steps=steps, seed=seed, audio_guidance_scale=audio_guidance, ref_guidance_scale=ref_guidance)).numpy()
         elapsed = time.perf_counter() - start
         gen = evaluate_video(frames, fps, audio, clip.sample_rate, reference, truth)
         gt = evaluate_video(clip.frames[:n], fps, audio, clip.sample_rate, reference, truth)
@@ -79,7 +81,8 @@ def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", se
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     means = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in numeric}
     means["frozen_head"] = float(np.mean([r["frozen_head"] for r in rows]))
-    return {"model": str(model_path), "videos": str(videos_dir), "steps": steps, "rows": rows, "mean": means}
+    return {"model": str(model_path), "videos": str(videos_dir), "steps": steps, "audio_guidance": audio_guidance,
+            "ref_guidance": ref_guidance, "rows": rows, "mean": means}
 
 
 def main(argv=None) -> int:
@@ -88,11 +91,14 @@ def main(argv=None) -> int:
     p.add_argument("--videos", required=True, help="a `loopy synth` folder of held-out videos")
     p.add_argument("--seconds", type=float, help="score only the first SECONDS of each video")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--audio-guidance", type=float, help="audio guidance scale (default: the model's)")
+    p.add_argument("--ref-guidance", type=float, help="reference guidance scale (default: the model's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, help="only the first N videos")
     p.add_argument("--json", help="write the full report here")
     args = p.parse_args(argv)
-    report = evaluate(args.model, args.videos, args.seconds, args.steps, args.device, limit=args.limit)
+    report = evaluate(args.model, args.videos, args.seconds, args.steps, args.device, limit=args.limit,
+                      audio_guidance=args.audio_guidance, ref_guidance=args.ref_guidance)
     keys = ["sync", "sync_ceiling", "sync_relative", "sync_swapped_audio", "motion_amplitude_ratio",
             "drift_face", "drift_face_ground_truth", "seam_jitter", "seam_jitter_ground_truth", "generation_s"]
     print("id      " + " ".join(f"{k[:14]:>14}" for k in keys))

@@ -1,0 +1,53 @@
+"""Speed-up options (`LoopyPipeline.optimize`) keep the output; `loopy bench` saves each part as it finishes."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from loopy_core.bench import build_pipeline, random_audio, reference_image
+from loopy_core.cli import main
+from loopy_core.config import LoopyConfig
+from loopy_core.pipeline import GenerationOptions
+
+
+def _video(pipe, config):
+    audio = random_audio(config, config.frames_per_clip + 3)
+    return pipe(reference_image(config), audio, GenerationOptions(steps=2, seed=3))
+
+
+def test_channels_last_and_compile_match_eager():
+    config = LoopyConfig.preset("tiny")
+    eager = _video(build_pipeline(config, "cpu", torch.float32), config)
+    fast = build_pipeline(config, "cpu", torch.float32).optimize(channels_last=True)
+    conv = fast.model.denoiser.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(_video(fast, config), eager, atol=1e-4, rtol=0)
+    # the graph capture is what can break; aot_eager checks it without a C++ toolchain's minutes of compiling
+    compiled = build_pipeline(config, "cpu", torch.float32).optimize(compile=True, compile_backend="aot_eager")
+    assert hasattr(compiled.model.denoiser, "_compiled_call_impl")
+    torch.testing.assert_close(_video(compiled, config), eager, atol=1e-4, rtol=0)
+
+
+def test_bench_writes_each_part_and_reports_optimizations(tmp_path, capsys, monkeypatch):
+    import loopy_core.bench as bench
+
+    out = tmp_path / "bench.json"
+    seen = []
+    real = bench.bench_tsm
+
+    def tsm_then_fail(*args, **kwargs):
+        seen.append(json.loads(out.read_text()))  # saved before this part started
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_tsm", tsm_then_fail)
+    args = ["bench", "--config", "tiny", "--steps", "1", "--device", "cpu", "--only", "clip,tsm,channels_last",
+            "--json", str(out)]
+    assert main(args) == 0
+    assert set(seen[0]) >= {"clip"} and "tsm" not in seen[0]
+    results = json.loads(out.read_text())
+    cl = results["channels_last"]
+    assert cl["seconds_per_clip"] > 0 and abs(cl["speedup"] - cl["eager_s"] / cl["seconds_per_clip"]) < 1e-9
+    assert cl["eager_s"] == results["clip"]["seconds_per_clip"]
+    assert "channels-last: eager / optimized" in capsys.readouterr().out
