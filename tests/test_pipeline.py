@@ -155,6 +155,24 @@ def test_generate_cli_writes_mp4_with_audio(files, capsys):
     assert abs(video.audio.shape[1] / video.sample_rate - 33 / 25) <= 1 / 25 + 0.03  # AAC priming
 
 
+def test_generate_speed_flags_reach_the_pipeline(files, monkeypatch):
+    root, ckpt = files
+    seen = []
+    real = LoopyPipeline.optimize
+
+    def spy(self, **kwargs):
+        seen.append(kwargs)
+        return real(self, **{**kwargs, "compile": False})  # compiling is tested in test_performance.py
+
+    monkeypatch.setattr(LoopyPipeline, "optimize", spy)
+    argv = ["generate", "--image", str(root / "face.png"), "--audio", str(root / "speech.wav"), "--out",
+            str(root / "fast.mp4"), "--model", str(ckpt), "--steps", "1", "--device", "cpu", "--quiet",
+            "--channels-last", "--compile"]
+    assert main(argv) == 0
+    assert seen == [{"channels_last": True, "compile": True}]
+    assert read_video(root / "fast.mp4").frames.shape[0] == 33
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

@@ -45,7 +45,8 @@ def run(args) -> int:
     image = load_image(args.image or DEMO_DIR / "portrait.png")
     waveform, sample_rate = load_audio(args.audio or DEMO_DIR / "speech.wav")
     check_audio(waveform, sample_rate, args.max_seconds)
-    pipeline = load_pipeline(model, None, None, args.device, args.dtype)
+    pipeline = load_pipeline(model, None, None, args.device, args.dtype).optimize(
+        channels_last=args.channels_last, compile=args.compile)
     result = render_video(pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds,
                           not args.quiet, fps=args.fps, crop=args.crop)
     print(f"wrote {Path(result['path']).resolve()}: {result['frames']} frames at {result['fps']:g} fps "

@@ -16,6 +16,9 @@ def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto") -> 
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="compute dtype (default fp32)")
     p.add_argument("--low-memory", action="store_true", help="run the guidance branches one after another")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser and ReferenceNet (the first clip pays minutes of compiling)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last convolution weights")
     p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--crop", choices=["auto", "none"], default=crop,
@@ -70,7 +73,8 @@ def run(args) -> int:
     image = load_image(args.image)
     waveform, sample_rate = load_audio(args.audio)
     check_audio(waveform, sample_rate, args.max_seconds)
-    pipeline = load_pipeline(args.model, args.base, args.audio_encoder, args.device, args.dtype)
+    pipeline = load_pipeline(args.model, args.base, args.audio_encoder, args.device, args.dtype).optimize(
+        channels_last=args.channels_last, compile=args.compile)
     result = render_video(
         pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds, not args.quiet, fps=args.fps,
         crop=args.crop,
