@@ -214,12 +214,14 @@ class LoopyPipeline:
         audio_scale = cfg.guidance.audio_scale if options.audio_guidance_scale is None else options.audio_guidance_scale
         ref_scale = cfg.guidance.ref_scale if options.ref_guidance_scale is None else options.ref_guidance_scale
         batches: dict[tuple[int, ...], tuple] = {}  # which branches run together -> their batched conditions
+        kv_caches: dict[tuple[int, ...], dict] = {}  # the same -> reference keys/values, projected once per clip
 
         def predict(x, t, weights):
             """The guided prediction; branches with zero weight are skipped, the rest run as one batch."""
             active = tuple(i for i, w in enumerate(weights) if w != 0.0)
             if options.sequential_guidance:
-                outs = [model.denoiser(x, t, branches[i][1], branches[i][0], motion_feats).float() for i in active]
+                outs = [model.denoiser(x, t, branches[i][1], branches[i][0], motion_feats,
+                                       ref_kv_cache=kv_caches.setdefault((i,), {})).float() for i in active]
             else:
                 if active not in batches:
                     n = len(active)
@@ -229,7 +231,8 @@ class LoopyPipeline:
                         {k: v.repeat(n, 1, 1, 1) for k, v in motion_feats.items()} if n > 1 else motion_feats,
                     )
                 tokens, ref, feats = batches[active]
-                outs = model.denoiser(x.repeat(len(active), 1, 1, 1, 1), t, tokens, ref, feats).float().chunk(len(active))
+                outs = model.denoiser(x.repeat(len(active), 1, 1, 1, 1), t, tokens, ref, feats,
+                                      ref_kv_cache=kv_caches.setdefault(active, {})).float().chunk(len(active))
             return sum(weights[i] * out for i, out in zip(active, outs))
 
         # 4. denoising loop

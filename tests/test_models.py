@@ -240,3 +240,39 @@ def test_inter_clip_layer_skips_work_for_motion_positions_exactly():
         seq = block(seq)
     slow = rearrange(layer.proj_out(seq[:, -F:]), "(b h w) f c -> (b f) c h w", b=2, h=8, w=8) + x
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_reference_keys_values_once_per_reference_and_cached_across_steps(model):
+    from diffusers.models.attention_processor import Attention
+
+    from loopy_core.models.attention import LoopyAttnProcessor, attend
+
+    # the processor equals attention over [own tokens ; the reference repeated for every frame]
+    torch.manual_seed(0)
+    attn = Attention(32, heads=4, dim_head=8)
+    hidden, ref = torch.randn(2 * F, 10, 32), torch.randn(2, 7, 32)
+    naive = attend(attn, hidden, torch.cat([hidden, ref.repeat_interleave(F, dim=0)], dim=1))
+    proc = LoopyAttnProcessor("a.attn1", "read")
+    torch.testing.assert_close(proc(attn, hidden, ref_tokens={"a.attn1": ref}), naive, atol=1e-5, rtol=1e-5)
+
+    # in the denoiser, a cache shared by a clip's steps projects the reference once
+    inp = clip_inputs(model)
+    ref_tokens, motion_feats = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
+    tokens, _ = model.motion_tokens(inp["audio"])
+    name = next(iter(ref_tokens))
+    to_k = model.denoiser.unet.get_submodule(name).to_k
+    rows = []
+    hook = to_k.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        plain = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats)
+        cache: dict = {}
+        first = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats, ref_kv_cache=cache)
+        second = model.denoiser(inp["sample"], 300, tokens, ref_tokens, motion_feats, ref_kv_cache=cache)
+    finally:
+        hook.remove()
+    # own tokens: F rows per call; the reference: 1 row, only when not cached
+    assert rows == [1, F, 1, F, F]
+    assert set(cache) == set(ref_tokens)
+    torch.testing.assert_close(first, plain)
+    torch.testing.assert_close(second, model.denoiser(inp["sample"], 300, tokens, ref_tokens, motion_feats))

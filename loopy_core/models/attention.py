@@ -5,8 +5,11 @@ knows its module's name). Reference tokens travel explicitly through `cross_atte
 state stashed on modules:
 - `ref_bank: dict[str, Tensor]` (ReferenceNet, "write"): the processor stores its `attn1` input `[N_img, n, C]`.
 - `ref_tokens: dict[str, Tensor]` (denoiser, "read"): `[B, n, C]` per `attn1` name; the processor attends over
-  `[own tokens ; reference tokens]` of the same block, the reference repeated for each of the F frames of its batch
-  item (the denoiser's batch is `(B F)`).
+  `[own tokens ; reference tokens]` of the same block, shared by the F frames of its batch item (the denoiser's
+  batch is `(B F)`). The reference's keys and values are projected once per batch item, not once per frame;
+- `ref_kv_cache: dict` (denoiser, optional): keeps those keys and values from the first call to the next ones.
+  The reference doesn't change across a clip's denoising steps, so the pipeline passes one cache per clip and
+  the projections run once per clip instead of once per step.
 Cross-attention (`attn2`) processors ignore both. All computation is PyTorch SDPA.
 """
 
@@ -18,11 +21,18 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange
 
 
-def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor, mask=None) -> torch.Tensor:
-    """Multi-head SDPA of `hidden_states` `[N, n, C]` over `context` `[N, m, C']` with `attn`'s projections."""
+def attend(attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor, mask=None,
+           extra_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Multi-head SDPA of `hidden_states` `[N, n, C]` over `context` `[N, m, C']` with `attn`'s projections;
+    `extra_kv` (projected keys and values `[B, m', inner]`, N = B x frames) are appended to every frame's."""
     q = rearrange(attn.to_q(hidden_states), "b n (h d) -> b h n d", h=attn.heads)
-    k = rearrange(attn.to_k(context), "b m (h d) -> b h m d", h=attn.heads)
-    v = rearrange(attn.to_v(context), "b m (h d) -> b h m d", h=attn.heads)
+    k, v = attn.to_k(context), attn.to_v(context)
+    if extra_kv is not None:
+        frames = k.shape[0] // extra_kv[0].shape[0]
+        k = torch.cat([k, extra_kv[0].repeat_interleave(frames, dim=0)], dim=1)
+        v = torch.cat([v, extra_kv[1].repeat_interleave(frames, dim=0)], dim=1)
+    k = rearrange(k, "b m (h d) -> b h m d", h=attn.heads)
+    v = rearrange(v, "b m (h d) -> b h m d", h=attn.heads)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, heads, n, d]
     out = rearrange(out, "b h n d -> b n (h d)").to(q.dtype)
     return attn.to_out[1](attn.to_out[0](out))
@@ -47,22 +57,25 @@ class LoopyAttnProcessor:
         temb: torch.Tensor | None = None,
         ref_bank: dict[str, torch.Tensor] | None = None,
         ref_tokens: dict[str, torch.Tensor] | None = None,
+        ref_kv_cache: dict | None = None,
     ) -> torch.Tensor:
         if encoder_hidden_states is not None:  # cross-attention: motion tokens or the ReferenceNet's null context
             return attend(attn, hidden_states, encoder_hidden_states)
-        context = hidden_states
         if self.mode == "write" and ref_bank is not None:
             ref_bank[self.name] = hidden_states
         elif self.mode == "read" and ref_tokens is not None:
-            ref = ref_tokens[self.name]  # [B, n_ref, C]
-            if hidden_states.shape[0] % ref.shape[0]:
-                raise ValueError(
-                    f"{self.name}: {hidden_states.shape[0]} frames can't be split over {ref.shape[0]} references"
-                )
-            frames = hidden_states.shape[0] // ref.shape[0]
-            ref = ref.to(hidden_states.dtype).repeat_interleave(frames, dim=0)  # [(B F), n_ref, C]
-            context = torch.cat([hidden_states, ref], dim=1)
-        return attend(attn, hidden_states, context)
+            kv = None if ref_kv_cache is None else ref_kv_cache.get(self.name)
+            if kv is None:
+                ref = ref_tokens[self.name].to(hidden_states.dtype)  # [B, n_ref, C]
+                if hidden_states.shape[0] % ref.shape[0]:
+                    raise ValueError(
+                        f"{self.name}: {hidden_states.shape[0]} frames can't be split over {ref.shape[0]} references"
+                    )
+                kv = attn.to_k(ref), attn.to_v(ref)
+                if ref_kv_cache is not None:
+                    ref_kv_cache[self.name] = kv
+            return attend(attn, hidden_states, hidden_states, extra_kv=kv)
+        return attend(attn, hidden_states, hidden_states)
 
 
 def install_processors(unet: torch.nn.Module, self_attention_mode: str) -> list[str]:

@@ -69,6 +69,7 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
         ref_tokens: dict[str, torch.Tensor] | None,
         motion_feats: dict[tuple[str, int, int], torch.Tensor] | None,
         use_temporal: bool = True,
+        ref_kv_cache: dict | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -79,6 +80,9 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             motion_feats: ReferenceNet motion-frame features `[(B M), C, h, w]` per position (None: the inter-clip
                 layers see only the clip).
             use_temporal: False skips both temporal layers (training stage 1, image pairs).
+            ref_kv_cache: an empty dict on the first call of a clip, the same dict on its later steps: the
+                reference's attention keys and values are projected once and reused (inference only; the
+                reference tokens must be the same tensors on every call that shares the dict).
         Returns:
             `[B, C, F, h, w]` model output (epsilon, v or x0, as the model's noise config says).
         """
@@ -106,7 +110,7 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             x,
             t.repeat_interleave(F),
             context,
-            cross_attention_kwargs={"ref_tokens": ref_tokens} if ref_tokens else None,
+            cross_attention_kwargs={"ref_tokens": ref_tokens, "ref_kv_cache": ref_kv_cache} if ref_tokens else None,
             after_layer=temporal,
             gradient_checkpointing=self.gradient_checkpointing and self.training,
             emb_offset=emb_offset,
