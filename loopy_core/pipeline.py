@@ -237,8 +237,11 @@ class LoopyPipeline:
 
         # 4. denoising loop
         scheduler = make_scheduler(options.scheduler, cfg.noise)
-        scheduler.set_timesteps(int(options.steps or cfg.guidance.steps), device=device)
+        # the scheduler's arithmetic stays on the CPU (indexing its CPU tables with a device timestep would stop the
+        # host for the GPU every step); the denoiser gets the same timesteps moved to the device once
+        scheduler.set_timesteps(int(options.steps or cfg.guidance.steps))
         timesteps = scheduler.timesteps
+        model_timesteps = timesteps.to(device)
         shape = (1, cfg.latent_channels, F_, cfg.latent_size, cfg.latent_size)
         latents = torch.randn(shape, generator=state.generator, dtype=torch.float32).to(device)
         latents = latents * scheduler.init_noise_sigma
@@ -249,7 +252,7 @@ class LoopyPipeline:
             x = scheduler.scale_model_input(latents, t).to(dtype)
             r = guidance.scale_at(ref_scale, i, len(timesteps))
             a = guidance.scale_at(audio_scale, i, len(timesteps))
-            pred = predict(x, t, guidance.branch_weights(r, a))
+            pred = predict(x, model_timesteps[i], guidance.branch_weights(r, a))
             latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
             if callback is not None:
                 callback({"clip": clip_index, "clips": num_clips, "step": i + 1, "steps": len(timesteps)})
