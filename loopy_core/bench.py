@@ -7,6 +7,8 @@
 - `diffusers`: one UNet evaluation of our denoiser against diffusers' `UNetMotionModel` (SD1.5 + AnimateDiff) of
   identical widths, same frames and dtype; also ours with only the AnimateDiff-equivalent work (no reference
   attention, no inter-clip layers), which is the like-for-like number;
+- `animatediff`: seconds per clip of diffusers' end-to-end `AnimateDiffPipeline` (same widths and VAE, 2 guidance
+  branches, decode included) beside ours (3 branches);
 - `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing;
 - `channels_last`, `compile`: seconds per clip with `LoopyPipeline.optimize` (channels-last weights; `torch.compile`
   of the denoiser and ReferenceNet, with the one-off compile time reported apart) over the eager default.
@@ -184,6 +186,45 @@ def bench_vs_diffusers(config: LoopyConfig, device, dtype, repeats: int = 5) -> 
             "speed_vs_diffusers": base / like, "full_loopy_overhead": full / like}
 
 
+def bench_animatediff_pipeline(config: LoopyConfig, device, dtype, steps: int, ours_clip_s: float | None) -> dict:
+    """Seconds per 12-frame clip of diffusers' own `AnimateDiffPipeline` (SD1.5 UNet + motion adapter of the same
+    widths, the config's VAE, DDIM, classifier-free guidance = 2 branches, decode included), text embeddings given
+    so no text encoder is needed: the end-to-end number users compare us with. Needs an `autoencoder_kl` VAE."""
+    from diffusers import (AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel,
+                           UNetMotionModel)
+
+    u, F, res = config.unet, config.frames_per_clip, config.resolution
+    torch.manual_seed(0)
+    with torch.device(device):
+        adapter = MotionAdapter(
+            block_out_channels=tuple(u.block_out_channels), motion_layers_per_block=u.layers_per_block,
+            motion_num_attention_heads=config.temporal.num_attention_heads, motion_norm_num_groups=u.norm_num_groups,
+            motion_max_seq_length=config.temporal.intra_max_positions, use_motion_mid_block=True,
+        )
+        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**u.diffusers_kwargs()), adapter)
+        vae = AutoencoderKL(**config.vae.diffusers_kwargs())
+    pipe = AnimateDiffPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=adapter,
+                               scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False))
+    pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.randn(1, 77, u.cross_attention_dim, device=device, dtype=dtype)
+
+    def clip():
+        return pipe(prompt_embeds=embeds, negative_prompt_embeds=embeds, num_frames=F, height=res, width=res,
+                    num_inference_steps=steps, guidance_scale=7.5, output_type="pt", decode_chunk_size=F).frames
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(clip, device, repeats=2)
+    out = {"seconds_per_clip": seconds, "frames_per_second": F / seconds, "steps": steps, "branches": 2}
+    if device.type == "cuda":
+        out["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if ours_clip_s is not None:
+        out["ours_clip_s"] = ours_clip_s
+        out["ours_over_animatediff"] = ours_clip_s / seconds
+    return out
+
+
 def _fake_reference(denoiser, config, device, dtype):
     """Reference tokens and motion-frame features of the right shapes (as the ReferenceNet would give)."""
     from .models.reference_net import ReferenceNet
@@ -266,6 +307,9 @@ def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: 
     if device.type == "cpu":
         part("memory", lambda: bench_memory(config, steps), wanted="length" in what)
     part("diffusers", lambda: bench_vs_diffusers(config, device, dtype))
+    part("animatediff", lambda: bench_animatediff_pipeline(
+        config, device, dtype, steps, results["clip"]["seconds_per_clip"] if "clip" in results else None),
+        wanted="animatediff" in what and config.vae.kind == "autoencoder_kl")
 
     def eager() -> float:
         return results["clip"]["seconds_per_clip"] if "clip" in results else bench_clip(pipe, steps)["seconds_per_clip"]
@@ -301,6 +345,13 @@ def format_table(results: dict) -> str:
         d = results["diffusers"]
         row("diffusers UNetMotionModel / ours (speed)", f"{d['speed_vs_diffusers']:.2f}x", "target >= 1.0x")
         row("full Loopy denoiser / AnimateDiff-equivalent", f"{d['full_loopy_overhead']:.2f}x")
+    if "animatediff" in results:
+        a = results["animatediff"]
+        row("AnimateDiffPipeline s/clip (2 branches)", f"{a['seconds_per_clip']:.3f}")
+        if "peak_vram_gb" in a:
+            row("AnimateDiffPipeline peak VRAM (GB)", f"{a['peak_vram_gb']:.2f}")
+        if "ours_over_animatediff" in a:
+            row("ours (3 branches) / AnimateDiffPipeline", f"{a['ours_over_animatediff']:.2f}x")
     for name in ("channels_last", "compile"):
         if name in results:
             o = results[name]
