@@ -155,22 +155,29 @@ def bench_memory(config: LoopyConfig, steps: int) -> dict:
     return {"one_clip_mb": peaks[1], "ten_clips_mb": peaks[10], "ratio": peaks[10] / peaks[1]}
 
 
-def bench_vs_diffusers(config: LoopyConfig, device, dtype, repeats: int = 5) -> dict:
-    """One UNet evaluation of F frames: ours (full and AnimateDiff-equivalent) vs diffusers' UNetMotionModel."""
+def animatediff_unet(config: LoopyConfig):
+    """diffusers' `UNetMotionModel` (SD1.5 UNet + AnimateDiff motion adapter) with the config's widths, and the
+    adapter: the like-for-like counterpart of our denoiser."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
+    u = config.unet
+    adapter = MotionAdapter(
+        block_out_channels=tuple(u.block_out_channels), motion_layers_per_block=u.layers_per_block,
+        motion_num_attention_heads=config.temporal.num_attention_heads, motion_norm_num_groups=u.norm_num_groups,
+        motion_max_seq_length=config.temporal.intra_max_positions, use_motion_mid_block=True,
+    )
+    return UNetMotionModel.from_unet2d(UNet2DConditionModel(**u.diffusers_kwargs()), adapter), adapter
+
+
+def bench_vs_diffusers(config: LoopyConfig, device, dtype, repeats: int = 5) -> dict:
+    """One UNet evaluation of F frames: ours (full and AnimateDiff-equivalent) vs diffusers' UNetMotionModel."""
     from .models.denoiser import LoopyDenoiser
 
     u, F, s = config.unet, config.frames_per_clip, config.latent_size
     torch.manual_seed(0)
     with torch.device(device):
         ours = LoopyDenoiser(unet_config=asdict(u), temporal_config=asdict(config.temporal))
-        adapter = MotionAdapter(
-            block_out_channels=tuple(u.block_out_channels), motion_layers_per_block=u.layers_per_block,
-            motion_num_attention_heads=config.temporal.num_attention_heads, motion_norm_num_groups=u.norm_num_groups,
-            motion_max_seq_length=config.temporal.intra_max_positions, use_motion_mid_block=True,
-        )
-        theirs = UNetMotionModel.from_unet2d(UNet2DConditionModel(**u.diffusers_kwargs()), adapter)
+        theirs, _ = animatediff_unet(config)
     ours = ours.to(device=device, dtype=dtype).eval()
     theirs = theirs.to(device=device, dtype=dtype).eval()
     x = torch.randn(1, u.in_channels, F, s, s, device=device, dtype=dtype)
@@ -190,18 +197,12 @@ def bench_animatediff_pipeline(config: LoopyConfig, device, dtype, steps: int, o
     """Seconds per 12-frame clip of diffusers' own `AnimateDiffPipeline` (SD1.5 UNet + motion adapter of the same
     widths, the config's VAE, DDIM, classifier-free guidance = 2 branches, decode included), text embeddings given
     so no text encoder is needed: the end-to-end number users compare us with. Needs an `autoencoder_kl` VAE."""
-    from diffusers import (AnimateDiffPipeline, AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel,
-                           UNetMotionModel)
+    from diffusers import AnimateDiffPipeline, AutoencoderKL, DDIMScheduler
 
     u, F, res = config.unet, config.frames_per_clip, config.resolution
     torch.manual_seed(0)
     with torch.device(device):
-        adapter = MotionAdapter(
-            block_out_channels=tuple(u.block_out_channels), motion_layers_per_block=u.layers_per_block,
-            motion_num_attention_heads=config.temporal.num_attention_heads, motion_norm_num_groups=u.norm_num_groups,
-            motion_max_seq_length=config.temporal.intra_max_positions, use_motion_mid_block=True,
-        )
-        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**u.diffusers_kwargs()), adapter)
+        unet, adapter = animatediff_unet(config)
         vae = AutoencoderKL(**config.vae.diffusers_kwargs())
     pipe = AnimateDiffPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, motion_adapter=adapter,
                                scheduler=DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False))

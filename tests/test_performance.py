@@ -37,11 +37,11 @@ def test_bench_writes_each_part_and_reports_optimizations(tmp_path, capsys, monk
     seen = []
     real = bench.bench_tsm
 
-    def tsm_then_fail(*args, **kwargs):
+    def tsm_after_saving(*args, **kwargs):
         seen.append(json.loads(out.read_text()))  # saved before this part started
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "bench_tsm", tsm_then_fail)
+    monkeypatch.setattr(bench, "bench_tsm", tsm_after_saving)
     args = ["bench", "--config", "tiny", "--steps", "1", "--device", "cpu", "--only", "clip,tsm,channels_last",
             "--json", str(out)]
     assert main(args) == 0
