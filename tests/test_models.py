@@ -242,6 +242,26 @@ def test_inter_clip_layer_skips_work_for_motion_positions_exactly():
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
+def test_temporal_attention_in_chunks_equals_one_batch(monkeypatch):
+    """Past `MAX_SEQUENCES` sequences (CUDA's grid limit at training batch sizes) the temporal layers attend in
+    chunks, inter-clip context included: same output, one attention call per chunk."""
+    from loopy_core.models import temporal
+
+    torch.manual_seed(0)
+    model = LoopyModel(LoopyConfig.tiny()).eval()
+    perturb_(model.denoiser.inter_clip, seed=4)
+    layer = model.denoiser.inter_clip.get("down", 0, 0).temporal_transformer
+    x, ctx = torch.randn(2 * F, 32, 8, 8), torch.randn(2 * 20, 32, 8, 8)  # 2 x 8 x 8 = 128 sequences
+    whole = layer(x, F, context=ctx)
+    monkeypatch.setattr(temporal, "MAX_SEQUENCES", 50)
+    calls = []
+    attn = layer.transformer_blocks[0].attention_blocks[0]
+    forward = attn.forward
+    monkeypatch.setattr(attn, "forward", lambda h, **k: calls.append(h.shape[0]) or forward(h, **k))
+    torch.testing.assert_close(layer(x, F, context=ctx), whole, atol=1e-6, rtol=1e-5)
+    assert calls == [50, 50, 28]
+
+
 @torch.no_grad()
 def test_reference_keys_values_once_per_reference_and_cached_across_steps(model):
     from diffusers.models.attention_processor import Attention

@@ -62,6 +62,21 @@ class LearnedPositions(nn.Module):
         return x + self.weight[:, : x.shape[1]].to(x.dtype)
 
 
+# CUDA's attention kernels (flash, memory-efficient, cuDNN) put the batch on a grid axis of at most 65535 blocks; a
+# temporal layer's batch is (clips x h x w) sequences, which passes that at training batch sizes: attend in chunks
+MAX_SEQUENCES = 32768
+
+
+def attend_in_chunks(attn: nn.Module, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """`attn(x, encoder_hidden_states=context)` over at most `MAX_SEQUENCES` sequences at a time (same result)."""
+    n = x.shape[0]
+    if n <= MAX_SEQUENCES:
+        return attn(x, encoder_hidden_states=context)
+    return torch.cat([attn(x[i : i + MAX_SEQUENCES],
+                           encoder_hidden_states=None if context is None else context[i : i + MAX_SEQUENCES])
+                      for i in range(0, n, MAX_SEQUENCES)])
+
+
 class TemporalTransformerBlock(nn.Module):
     """Self-attention along time (x `attention_blocks_per_layer`) then a GEGLU feed-forward, pre-norm residuals."""
 
@@ -89,9 +104,9 @@ class TemporalTransformerBlock(nn.Module):
         for i, (attn, norm) in enumerate(zip(self.attention_blocks, self.norms)):
             h = self.positions(norm(x))
             if keep is not None and i == last:
-                x = attn(h[:, -keep:], encoder_hidden_states=h) + x[:, -keep:]
+                x = attend_in_chunks(attn, h[:, -keep:], h) + x[:, -keep:]
             else:
-                x = attn(h) + x
+                x = attend_in_chunks(attn, h) + x
         return self.ff(self.ff_norm(x)) + x
 
 
