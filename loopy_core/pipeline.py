@@ -10,7 +10,7 @@ and per clip of F frames (`run_clip`):
 5. audio-to-latents once -> motion tokens with and without audio;
 6. `steps` scheduler steps; each runs the three guidance branches as one batched forward (or one after another
    with `sequential_guidance`) and combines them as `guidance` says; a branch whose weight is zero at the current
-   scales (`guidance.branch_weights`) is skipped;
+   scales (`guidance.branch_weights`) is skipped, and outside `guidance_interval` only the full branch runs;
 7. the clip's latents join the history (cropped to the TSM's span) and are decoded in slices.
 Frames are handed out clip by clip, so a caller can stream them to a file. The last clip is trimmed so a video has
 `ceil(duration * fps)` frames. Noise comes from a CPU generator seeded once per video: same seed, same frames.
@@ -84,6 +84,7 @@ class GenerationOptions:
     scheduler: str = "ddim"
     audio_guidance_scale: guidance.Scale | None = None
     ref_guidance_scale: guidance.Scale | None = None
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # fractions of the steps with guidance; elsewhere one branch
     seed: int = 0
     motion_stats: Any = None  # [2] head-movement and expression variance: motion-intensity control
     sequential_guidance: bool = False  # lower memory: three forwards per step instead of one of batch 3
@@ -92,6 +93,7 @@ class GenerationOptions:
     def check(self) -> None:
         if self.steps is not None and not 1 <= int(self.steps) <= 1000:
             raise ValueError(f"steps must be in 1..1000, got {self.steps}")
+        self.guidance_interval = guidance.parse_interval(self.guidance_interval)
         if self.decode_slice_size < 1:
             raise ValueError(f"decode_slice_size must be >= 1, got {self.decode_slice_size}")
 
@@ -250,8 +252,10 @@ class LoopyPipeline:
             if cancel is not None and cancel():
                 raise GenerationCancelled(f"cancelled at clip {clip_index}, step {i}")
             x = scheduler.scale_model_input(latents, t).to(dtype)
-            r = guidance.scale_at(ref_scale, i, len(timesteps))
-            a = guidance.scale_at(audio_scale, i, len(timesteps))
+            r = a = 1.0
+            if guidance.in_interval(i, len(timesteps), options.guidance_interval):
+                r = guidance.scale_at(ref_scale, i, len(timesteps))
+                a = guidance.scale_at(audio_scale, i, len(timesteps))
             pred = predict(x, model_timesteps[i], guidance.branch_weights(r, a))
             latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
             if callback is not None:

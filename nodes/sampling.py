@@ -21,6 +21,7 @@ from ._types import (
     motion_buffer,
     motion_control_inputs,
     sampling_inputs,
+    speed_inputs,
 )
 from .audio import cut_audio
 
@@ -63,12 +64,13 @@ class LoopySampler:
                                        "tooltip": "Which clip of the audio to generate: frames 12k .. 12k+11."}),
                 **sampling_inputs(),
             },
-            "optional": motion_control_inputs(),
+            "optional": {**motion_control_inputs(), **speed_inputs()},
         }
 
     def sample(self, model, reference, audio_features, motion, clip_index, steps, scheduler, audio_cfg, ref_cfg, seed,
-               head_motion=-1.0, expression_motion=-1.0):
-        options = generation_options(steps, scheduler, audio_cfg, ref_cfg, seed, head_motion, expression_motion)
+               head_motion=-1.0, expression_motion=-1.0, guidance_end=1.0):
+        options = generation_options(steps, scheduler, audio_cfg, ref_cfg, seed, head_motion, expression_motion,
+                                     guidance_end)
         with sampling(options.steps, f"loopy clip {clip_index}") as (bar, cancel):
             pipe, state = _start(model, reference, options, motion)
             frames = pipe.run_clip(state, audio_features.features, clip_index, options,
@@ -95,14 +97,16 @@ class LoopyLongVideo:
                 "motion": (MOTION, {"tooltip": "Continue an earlier video (motion output of another Loopy node); "
                                                "default: start a new video from the reference."}),
                 **motion_control_inputs(),
+                **speed_inputs(),
             },
         }
 
     def generate(self, model, reference, audio_features, steps, scheduler, audio_cfg, ref_cfg, seed, motion=None,
-                 head_motion=-1.0, expression_motion=-1.0):
+                 head_motion=-1.0, expression_motion=-1.0, guidance_end=1.0):
         import torch
 
-        options = generation_options(steps, scheduler, audio_cfg, ref_cfg, seed, head_motion, expression_motion)
+        options = generation_options(steps, scheduler, audio_cfg, ref_cfg, seed, head_motion, expression_motion,
+                                     guidance_end)
         features = audio_features.features
         clips = math.ceil(features.num_frames / model.config.frames_per_clip)
         with sampling(clips * options.steps, "loopy video") as (bar, cancel):

@@ -252,6 +252,9 @@ def test_long_video_frames_match_the_audio_and_runs_repeat(nodes, demo):
         run(long_video, **common, **sample_widgets(), head_motion=0.5)
     intense = run(long_video, **common, **sample_widgets(seed=3), head_motion=0.5, expression_motion=0.2)[0]
     assert intense.shape == frames.shape
+    guided = run(long_video, **common, **sample_widgets(seed=4, audio_cfg=1.5, ref_cfg=2.0), guidance_end=1.0)[0]
+    early = run(long_video, **common, **sample_widgets(seed=4, audio_cfg=1.5, ref_cfg=2.0), guidance_end=0.5)[0]
+    assert torch.equal(guided, other) and not torch.equal(early, other)
 
 
 def test_cancel_stops_the_run_and_the_next_run_is_unaffected(nodes, demo, monkeypatch):

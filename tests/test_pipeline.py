@@ -105,6 +105,32 @@ def test_ref_scale_one_skips_the_unconditional_branch(pipe, monkeypatch):
     assert batches == [3, 3]
 
 
+def test_guidance_interval_runs_one_branch_outside_it(pipe, monkeypatch):
+    """Guidance on the first half of 4 steps: 3 branches on steps 1-2, the full branch alone on 3-4, and those
+    last steps equal a run with unit scales from step 3 on (same noise, same first steps)."""
+    audio = pipe.encode_audio(speech(0.3), 16000)
+    batches = []
+    forward = pipe.model.denoiser.forward
+    monkeypatch.setattr(pipe.model.denoiser, "forward", lambda x, *a, **k: batches.append(x.shape[0]) or forward(x, *a, **k))
+    half = pipe(image(), audio, GenerationOptions(steps=4, audio_guidance_scale=2.0, ref_guidance_scale=3.0,
+                                                  guidance_interval=(0.0, 0.5)))
+    assert batches == [3, 3, 1, 1]
+    batches.clear()
+    schedule = GenerationOptions(steps=4, audio_guidance_scale=[2.0, 2.0, 1.0, 1.0], ref_guidance_scale=[3.0, 3.0, 1.0, 1.0])
+    torch.testing.assert_close(half, pipe(image(), audio, schedule), atol=1e-5, rtol=0)
+    assert batches == [3, 3, 1, 1]
+    batches.clear()
+    late = pipe(image(), audio, GenerationOptions(steps=4, audio_guidance_scale=2.0, ref_guidance_scale=3.0,
+                                                  guidance_interval="0.5,1"))
+    assert batches == [1, 1, 3, 3] and not torch.allclose(late, half)
+
+
+@pytest.mark.parametrize("interval", ["0.5", "0.6,0.2", "0,1.5", "a,b", (0.0, 0.5, 1.0)])
+def test_bad_guidance_interval_is_named(pipe, interval):
+    with pytest.raises(ValueError, match="guidance interval"):
+        GenerationOptions(guidance_interval=interval).check()
+
+
 def test_history_never_exceeds_the_tsm_span(pipe):
     audio = pipe.encode_audio(speech(6.0), 16000)  # 150 frames > 124-frame span
     state = pipe.start_video(image(), seed=0)
@@ -167,9 +193,14 @@ def test_generate_speed_flags_reach_the_pipeline(files, monkeypatch):
     monkeypatch.setattr(LoopyPipeline, "optimize", spy)
     argv = ["generate", "--image", str(root / "face.png"), "--audio", str(root / "speech.wav"), "--out",
             str(root / "fast.mp4"), "--model", str(ckpt), "--steps", "1", "--device", "cpu", "--quiet",
-            "--channels-last", "--compile"]
+            "--channels-last", "--compile", "--guidance-interval", "0,0.5"]
+    options = []
+    real_clips = LoopyPipeline.clips
+    monkeypatch.setattr(LoopyPipeline, "clips", lambda self, image, audio, opts, **k: options.append(opts) or
+                        real_clips(self, image, audio, opts, **k))
     assert main(argv) == 0
     assert seen == [{"channels_last": True, "compile": True}]
+    assert options[0].guidance_interval == (0.0, 0.5)
     assert read_video(root / "fast.mp4").frames.shape[0] == 33
 
 
@@ -186,6 +217,7 @@ def test_generate_speed_flags_reach_the_pipeline(files, monkeypatch):
         ({"--image": "notes.png"}, "not a readable image"),
         ({"--steps": "0"}, "steps must be"),
         ({"--audio-cfg": "loud"}, "not a number"),
+        ({"--guidance-interval": "0.5"}, "guidance interval"),
     ],
 )
 def test_generate_bad_inputs(files, change, message, capsys, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Score a Loopy model on a held-out synthetic-world test set (`loopy synth` output) with `loopy_core.eval`.
 
     python -m training.eval_synthetic --model loopy_demo.safetensors --videos data/test_videos [--seconds 20]
-        [--steps N] [--device cuda] [--json report.json]
+        [--steps N] [--scheduler dpmpp_2m] [--guidance-interval 0,0.5] [--device cuda] [--json report.json]
 
 For every test video: generate from its neutral portrait and its speech with the shared pipeline, then measure
 from pixels: lip sync against the speech (and the ground-truth video's score as the ceiling), the same sync
@@ -28,8 +28,9 @@ def cut_truth(truth: dict, n: int) -> dict:
     return out
 
 
-def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", seed=0, limit=None,
-             audio_guidance=None, ref_guidance=None) -> dict:
+def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, **sampling) -> dict:
+    """Generate each video from its reference and audio and score it against its ground truth; `sampling` are
+    `GenerationOptions` fields (steps, scheduler, audio_guidance_scale, ref_guidance_scale, guidance_interval)."""
     from PIL import Image
 
     from loopy_core.eval import evaluate_video
@@ -51,8 +52,7 @@ def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", se
         reference = np.asarray(Image.open(videos_dir / entry["reference"]).convert("RGB"))
         start = time.perf_counter()
         features = pipe.encode_audio(audio, clip.sample_rate)
-        frames = pipe(reference, features, GenerationOptions(
-            steps=steps, seed=seed, audio_guidance_scale=audio_guidance, ref_guidance_scale=ref_guidance)).numpy()
+        frames = pipe(reference, features, GenerationOptions(**sampling)).numpy()
         elapsed = time.perf_counter() - start
         gen = evaluate_video(frames, fps, audio, clip.sample_rate, reference, truth)
         gt = evaluate_video(clip.frames[:n], fps, audio, clip.sample_rate, reference, truth)
@@ -81,11 +81,12 @@ def evaluate(model_path, videos_dir, seconds=None, steps=None, device="auto", se
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     means = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in numeric}
     means["frozen_head"] = float(np.mean([r["frozen_head"] for r in rows]))
-    return {"model": str(model_path), "videos": str(videos_dir), "steps": steps, "audio_guidance": audio_guidance,
-            "ref_guidance": ref_guidance, "rows": rows, "mean": means}
+    return {"model": str(model_path), "videos": str(videos_dir), "sampling": sampling, "rows": rows, "mean": means}
 
 
 def main(argv=None) -> int:
+    from loopy_core.guidance import parse_interval
+
     p = argparse.ArgumentParser(prog="python -m training.eval_synthetic", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--videos", required=True, help="a `loopy synth` folder of held-out videos")
@@ -93,12 +94,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--audio-guidance", type=float, help="audio guidance scale (default: the model's)")
     p.add_argument("--ref-guidance", type=float, help="reference guidance scale (default: the model's)")
+    p.add_argument("--scheduler", default="ddim", help="sampler (default ddim), e.g. dpmpp_2m")
+    p.add_argument("--guidance-interval", default="0,1", help="fractions of the steps with guidance (default '0,1')")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, help="only the first N videos")
     p.add_argument("--json", help="write the full report here")
     args = p.parse_args(argv)
-    report = evaluate(args.model, args.videos, args.seconds, args.steps, args.device, limit=args.limit,
-                      audio_guidance=args.audio_guidance, ref_guidance=args.ref_guidance)
+    report = evaluate(args.model, args.videos, args.seconds, args.device, limit=args.limit, steps=args.steps,
+                      scheduler=args.scheduler, audio_guidance_scale=args.audio_guidance,
+                      ref_guidance_scale=args.ref_guidance, guidance_interval=parse_interval(args.guidance_interval))
     keys = ["sync", "sync_ceiling", "sync_relative", "sync_swapped_audio", "motion_amplitude_ratio",
             "drift_face", "drift_face_ground_truth", "seam_jitter", "seam_jitter_ground_truth", "generation_s"]
     print("id      " + " ".join(f"{k[:14]:>14}" for k in keys))

@@ -11,6 +11,9 @@ def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto") -> 
     p.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_a, dpmpp_2m, unipc, ... ")
     p.add_argument("--audio-cfg", help="audio guidance scale, or a schedule '6,4,2' (default: the model's)")
     p.add_argument("--ref-cfg", help="reference guidance scale, or a schedule (default: the model's)")
+    p.add_argument("--guidance-interval", default="0,1",
+                   help="fractions of the steps, from the first, that use guidance, e.g. '0,0.5': the other steps "
+                        "run one branch instead of three (faster; default '0,1': every step)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--fps", type=float, help="video frame rate (default: the model's, 25)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
@@ -32,7 +35,7 @@ def check_fps(fps) -> None:
 
 
 def options_from_args(args):
-    from ..guidance import parse_scale
+    from ..guidance import parse_interval, parse_scale
     from ..pipeline import GenerationOptions
 
     return GenerationOptions(
@@ -40,6 +43,7 @@ def options_from_args(args):
         scheduler=args.scheduler,
         audio_guidance_scale=None if args.audio_cfg is None else parse_scale(args.audio_cfg),
         ref_guidance_scale=None if args.ref_cfg is None else parse_scale(args.ref_cfg),
+        guidance_interval=parse_interval(args.guidance_interval),
         seed=args.seed,
         sequential_guidance=args.low_memory,
     )
