@@ -11,7 +11,10 @@
   branches, decode included) beside ours (3 branches);
 - `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing;
 - `channels_last`, `compile`: seconds per clip with `LoopyPipeline.optimize` (channels-last weights; `torch.compile`
-  of the denoiser and ReferenceNet, with the one-off compile time reported apart) over the eager default.
+  of the denoiser and ReferenceNet, with the one-off compile time reported apart) over the eager default;
+- `sampling`: seconds per clip for the sampling settings of `SAMPLING` (fewer steps, guidance on part of the steps,
+  two branches) against the paper's 25 DDIM steps with three branches;
+- `profile`: the operators that take most of one clip's device time (`torch.profiler`, a few steps).
 Weights are random (timing only). On CUDA, times use events after warm-up; elsewhere `perf_counter`.
 """
 
@@ -74,14 +77,26 @@ def reference_image(config: LoopyConfig) -> np.ndarray:
     return np.random.default_rng(0).random((config.resolution, config.resolution, 3)).astype(np.float32)
 
 
-def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3, warmup: int = 1) -> dict:
-    """Seconds per clip at steady state (history full), frames/s and peak device memory."""
+# name -> GenerationOptions fields (audio 5 and reference 3 unless given, as the paper); the `sampling` part times each
+SAMPLING = {
+    "paper: ddim 25 steps, 3 branches": dict(scheduler="ddim", steps=25),
+    "ddim 25, ref scale 1 (2 branches)": dict(scheduler="ddim", steps=25, ref_guidance_scale=1.0),
+    "ddim 25, guidance on the first 40%": dict(scheduler="ddim", steps=25, guidance_interval=(0.0, 0.4)),
+    "dpmpp_2m 12, 3 branches": dict(scheduler="dpmpp_2m", steps=12),
+    "dpmpp_2m 12, guidance on the first 50%": dict(scheduler="dpmpp_2m", steps=12, guidance_interval=(0.0, 0.5)),
+    "dpmpp_2m 10, guidance on the first 40%": dict(scheduler="dpmpp_2m", steps=10, guidance_interval=(0.0, 0.4)),
+}
+
+
+def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3, warmup: int = 1, **sampling) -> dict:
+    """Seconds per clip at steady state (history full), frames/s and peak device memory; `sampling` overrides
+    `GenerationOptions` fields (default: `steps` DDIM steps, audio guidance 5, reference guidance 3)."""
     cfg, device = pipe.config, pipe.device
     audio = random_audio(cfg, cfg.frames_per_clip * 12)
     state = pipe.start_video(reference_image(cfg))
     state.history = torch.randn(1, cfg.latent_channels, pipe.model.tsm.span, cfg.latent_size, cfg.latent_size,
                                 device=device, dtype=pipe.dtype)
-    options = GenerationOptions(steps=steps, audio_guidance_scale=5.0, ref_guidance_scale=3.0)
+    options = GenerationOptions(**{"steps": steps, "audio_guidance_scale": 5.0, "ref_guidance_scale": 3.0, **sampling})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     k = iter(range(1, 12))
@@ -97,6 +112,47 @@ def bench_tsm(config: LoopyConfig, device, dtype, steps: int) -> dict:
     classic = config.replace(tsm={"s": 4, "r": 1, "K": 1})
     four = bench_clip(build_pipeline(classic, device, dtype), steps)["seconds_per_clip"]
     return {"tsm_124_frames_s": full, "four_motion_frames_s": four, "ratio": full / four}
+
+
+def bench_sampling(pipe: LoopyPipeline, settings: dict[str, dict] | None = None, repeats: int = 2) -> dict:
+    """Seconds per clip for each sampling setting (`SAMPLING`), and the speed-up over the first."""
+    settings = settings or SAMPLING
+    out = {}
+    for name, sampling in settings.items():
+        rest = {k: v for k, v in sampling.items() if k != "steps"}
+        out[name] = bench_clip(pipe, sampling.get("steps", 25), repeats=repeats, **rest)
+    base = out[next(iter(out))]["seconds_per_clip"]
+    for row in out.values():
+        row["speedup"] = base / row["seconds_per_clip"]
+    return out
+
+
+def bench_profile(pipe: LoopyPipeline, steps: int = 3, top: int = 15) -> dict:
+    """The kernels (on CUDA; operators on the CPU) with the most time over one clip of `steps` steps, with shares.
+    On CUDA only device-side events count: operator rows would count their kernels' time a second time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg, device = pipe.config, pipe.device
+    audio = random_audio(cfg, cfg.frames_per_clip * 2)
+    state = pipe.start_video(reference_image(cfg))
+    options = GenerationOptions(steps=steps, audio_guidance_scale=5.0, ref_guidance_scale=3.0)
+    pipe.run_clip(state, audio, 0, options)  # warm-up
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        pipe.run_clip(state, audio, 1, options)
+        _sync(device)
+    if cuda:  # kernels and copies; not the runtime's own markers ("Command Buffer Full")
+        events = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
+                  if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+                  and e.key != "Command Buffer Full"]
+    else:
+        events = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(t for _, t, _ in events)
+    events.sort(key=lambda ev: ev[1], reverse=True)
+    rows = [{"op": key, "ms": t / 1e3, "calls": n, "share": t / total} for key, t, n in events[:top]]
+    return {"steps": steps, "time": "device (kernels)" if cuda else "cpu", "total_ms": total / 1e3, "ops": rows}
 
 
 def bench_length(pipe: LoopyPipeline, steps: int) -> dict:
@@ -315,6 +371,8 @@ def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: 
     def eager() -> float:
         return results["clip"]["seconds_per_clip"] if "clip" in results else bench_clip(pipe, steps)["seconds_per_clip"]
 
+    part("sampling", lambda: bench_sampling(pipe))
+    part("profile", lambda: bench_profile(pipe))
     part("tsm", lambda: bench_tsm(config, device, dtype, steps))
     part("channels_last", lambda: bench_optimized(config, device, dtype, steps, eager(), channels_last=True))
     part("compile", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True))
@@ -358,7 +416,13 @@ def format_table(results: dict) -> str:
             o = results[name]
             row(f"{name.replace('_', '-')}: eager / optimized (speed)", f"{o['speedup']:.2f}x",
                 f"first clip {o['first_clip_s']:.1f} s")
+    if "sampling" in results:
+        for name, r in results["sampling"].items():
+            row(f"{name[:36]}: s/clip", f"{r['seconds_per_clip']:.3f}", f"{r['speedup']:.2f}x")
     if "breakdown" in results:
         for k, v in results["breakdown"]["shares"].items():
             row(f"share: {k}", f"{100 * v:.1f}%")
+    if "profile" in results:
+        for r in results["profile"]["ops"][:10]:
+            row(f"op: {r['op'][:38]}", f"{100 * r['share']:.1f}%", f"{r['calls']} calls")
     return "\n".join(rows)

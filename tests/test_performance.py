@@ -66,3 +66,33 @@ def test_bench_times_diffusers_animatediff_pipeline_end_to_end(tmp_path, capsys)
     assert main(["bench", "--config", "demo", "--steps", "1", "--device", "cpu", "--only", "animatediff",
                  "--json", str(out)]) == 0
     assert "animatediff" not in json.loads(out.read_text())
+
+
+def test_bench_sampling_settings_run_the_intended_denoiser_work(tmp_path, capsys, monkeypatch):
+    """Each `SAMPLING` setting runs the branch evaluations it says (per timed clip), and the table shows them."""
+    import loopy_core.bench as bench
+
+    config = LoopyConfig.preset("tiny")
+    pipe = build_pipeline(config, "cpu", torch.float32)
+    counts = []
+    forward = pipe.model.denoiser.forward
+    monkeypatch.setattr(pipe.model.denoiser, "forward", lambda x, *a, **k: counts.append(x.shape[0]) or forward(x, *a, **k))
+    work = {}
+    for name, setting in bench.SAMPLING.items():
+        counts.clear()
+        row = bench.bench_sampling(pipe, {name: setting}, repeats=1)[name]
+        work[name] = sum(counts) / 2  # warm-up + one timed clip
+        assert row["seconds_per_clip"] > 0 and row["speedup"] == 1.0
+    assert list(work.values()) == [75, 50, 10 * 3 + 15, 36, 6 * 3 + 6, 4 * 3 + 6]
+
+
+def test_bench_profile_lists_the_heaviest_operators(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(["bench", "--config", "tiny", "--device", "cpu", "--only", "profile", "--json", str(out)]) == 0
+    prof = json.loads(out.read_text())["profile"]
+    ops = prof["ops"]
+    assert prof["time"] == "cpu" and 5 <= len(ops) <= 15 and prof["total_ms"] > 0
+    assert [r["ms"] for r in ops] == sorted((r["ms"] for r in ops), reverse=True)
+    assert 0 < sum(r["share"] for r in ops) <= 1.0 + 1e-9
+    assert any("conv" in r["op"] or "addmm" in r["op"] or "mm" in r["op"] for r in ops)
+    assert "op: " in capsys.readouterr().out

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("clip", "breakdown", "length", "tsm", "diffusers", "animatediff", "channels_last", "compile")
-DEFAULT_PARTS = PARTS[:6]  # compiling takes minutes; ask for it by name
+PARTS = ("clip", "breakdown", "length", "tsm", "diffusers", "animatediff", "sampling", "profile", "channels_last",
+         "compile")
+DEFAULT_PARTS = PARTS[:8]  # compiling takes minutes; ask for it by name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
