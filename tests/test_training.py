@@ -112,6 +112,37 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, stage):
             assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(name)), name
 
 
+def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monkeypatch):
+    """`motion_noise_max` adds per-sample noise to the motion frames (the ReferenceNet's motion input); at 0 the
+    motion frames and the generator's random stream are exactly those of a run without the option."""
+    from training.objective import LoopyObjective
+
+    root, init = data
+    model = load_checkpoint(init).eval()
+    ds = ShardDataset(root / "shards", model.config, stage=2)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(3)])
+    seen = []
+    forward = model.reference_net.forward
+    monkeypatch.setattr(model.reference_net, "forward", lambda ref, motion: seen.append(motion) or forward(ref, motion))
+
+    def run(noise):
+        cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, p_drop_motion_frames=0,
+                          motion_noise_max=noise)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            LoopyObjective(model, cfg)(batch, gen)
+        return seen[-1], gen.get_state()
+
+    clean, state = run(0.0)
+    assert torch.equal(clean, batch["motion"])
+    noisy, state_noisy = run(0.5)
+    std = (noisy - clean).flatten(1).std(dim=1)
+    assert (std > 0.0).all() and (std < 0.5 * 1.1).all() and len(set(std.tolist())) == 3  # one std per sample
+    assert not torch.equal(state_noisy, state)  # the extra draws happen only when the option is on
+    with pytest.raises(ValueError, match="motion_noise_max"):
+        TrainConfig(model=str(init), data=str(root / "shards"), motion_noise_max=-0.1)
+
+
 def run_training(config: dict, tmp: Path, *extra, launcher=None) -> subprocess.CompletedProcess:
     path = tmp / "cfg.yaml"
     import yaml

@@ -59,6 +59,9 @@ class TrainConfig:
     p_drop_audio: float = 0.1
     p_drop_both: float = 0.05
     p_drop_motion_frames: float = 0.05
+    # long-video robustness: motion frames get Gaussian noise of a std drawn per sample from [0, motion_noise_max]
+    # (in latent units), so the model learns not to copy the flaws of its own generated history; 0 = off
+    motion_noise_max: float = 0.0
     # checkpoints, logs, validation
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
@@ -84,6 +87,8 @@ class TrainConfig:
         total = self.p_drop_ref + self.p_drop_audio + self.p_drop_both
         if min(self.p_drop_ref, self.p_drop_audio, self.p_drop_both, self.p_drop_motion_frames) < 0 or total > 1:
             raise ValueError("dropout probabilities must be >= 0 and p_drop_ref + p_drop_audio + p_drop_both <= 1")
+        if self.motion_noise_max < 0:
+            raise ValueError(f"motion_noise_max must be >= 0 (0 = off), got {self.motion_noise_max}")
 
     @classmethod
     def load(cls, path: str | None, overrides: list[str] = ()) -> TrainConfig:

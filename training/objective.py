@@ -10,7 +10,9 @@ Condition dropout, one uniform draw `u` per sample (as in instruct-pix2pix):
 `p_ref + p_both <= u < p_ref + p_both + p_audio` drops the audio. Dropped reference = zeroed reference tokens,
 dropped audio = the audio-to-latents "no modality" tokens: exactly the guidance branches used at inference.
 A second draw replaces the motion frames by the video-start padding (`p_drop_motion_frames`); a third picks the
-audio-to-latents modality mix (audio only / audio + motion statistics / motion statistics only).
+audio-to-latents modality mix (audio only / audio + motion statistics / motion statistics only). With
+`motion_noise_max > 0` the motion frames also get Gaussian noise of a per-sample std (drawn after the rest, so runs
+without it keep their random stream).
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class LoopyObjective(nn.Module):
             motion = batch["motion"]
             drop_motion = (v < cfg.p_drop_motion_frames)[:, None, None, None, None]
             motion = torch.where(drop_motion, batch["ref"][:, :, None].expand_as(motion), motion)
+            if cfg.motion_noise_max > 0:
+                sigma = torch.rand(B, generator=generator) * cfg.motion_noise_max
+                jitter = torch.randn(motion.shape, generator=generator) * sigma.view(-1, 1, 1, 1, 1)
+                motion = motion + jitter.to(device, motion.dtype)
         ref_tokens, motion_feats = model.reference_net(batch["ref"], motion)
         keep = (~drop_ref).to(target_latents.dtype)
         ref_tokens = {k: t * keep.view(-1, 1, 1).to(t.dtype) for k, t in ref_tokens.items()}
