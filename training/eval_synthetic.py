@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def cut_truth(truth: dict, n: int) -> dict:
@@ -28,9 +29,25 @@ def cut_truth(truth: dict, n: int) -> dict:
     return out
 
 
-def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, **sampling) -> dict:
+def truth_motion_statistics(truth: dict, num_frames: int, fps: float, clip_frames: int) -> torch.Tensor:
+    """The median over the video's clips of the per-clip motion statistics training conditions on, from the ground
+    truth's tracks: "the right amount of motion" for the motion-intensity control."""
+    from loopy_core.motion import motion_statistics
+    from training.preprocess import synthetic_tracks
+
+    head, expression = synthetic_tracks(truth, num_frames, truth.get("fps", fps), fps)
+    stats = [motion_statistics(head[k : k + clip_frames], expression[k : k + clip_frames])
+             for k in range(0, num_frames - clip_frames + 1, clip_frames)]
+    if not stats:
+        raise ValueError(f"--motion-stats truth needs at least {clip_frames} frames, got {num_frames}")
+    return torch.stack(stats).median(dim=0).values
+
+
+def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, motion_stats=None,
+             **sampling) -> dict:
     """Generate each video from its reference and audio and score it against its ground truth; `sampling` are
-    `GenerationOptions` fields (steps, scheduler, audio_guidance_scale, ref_guidance_scale, guidance_interval)."""
+    `GenerationOptions` fields (steps, scheduler, audio_guidance_scale, ref_guidance_scale, guidance_interval);
+    `motion_stats="truth"` conditions each video on its ground truth's motion statistics (else audio alone)."""
     from PIL import Image
 
     from loopy_core.eval import evaluate_video
@@ -52,7 +69,8 @@ def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, **
         reference = np.asarray(Image.open(videos_dir / entry["reference"]).convert("RGB"))
         start = time.perf_counter()
         features = pipe.encode_audio(audio, clip.sample_rate)
-        frames = pipe(reference, features, GenerationOptions(**sampling)).numpy()
+        stats = None if motion_stats is None else truth_motion_statistics(truth, n, fps, pipe.config.frames_per_clip)
+        frames = pipe(reference, features, GenerationOptions(**sampling, motion_stats=stats)).numpy()
         elapsed = time.perf_counter() - start
         gen = evaluate_video(frames, fps, audio, clip.sample_rate, reference, truth)
         gt = evaluate_video(clip.frames[:n], fps, audio, clip.sample_rate, reference, truth)
@@ -81,7 +99,8 @@ def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, **
     numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     means = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in numeric}
     means["frozen_head"] = float(np.mean([r["frozen_head"] for r in rows]))
-    return {"model": str(model_path), "videos": str(videos_dir), "sampling": sampling, "rows": rows, "mean": means}
+    return {"model": str(model_path), "videos": str(videos_dir), "sampling": sampling, "motion_stats": motion_stats,
+            "rows": rows, "mean": means}
 
 
 def main(argv=None) -> int:
@@ -96,13 +115,16 @@ def main(argv=None) -> int:
     p.add_argument("--ref-guidance", type=float, help="reference guidance scale (default: the model's)")
     p.add_argument("--scheduler", default="ddim", help="sampler (default ddim), e.g. dpmpp_2m")
     p.add_argument("--guidance-interval", default="0,1", help="fractions of the steps with guidance (default '0,1')")
+    p.add_argument("--motion-stats", choices=["truth"],
+                   help="truth: condition on each video's ground-truth motion statistics (default: audio alone)")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, help="only the first N videos")
     p.add_argument("--json", help="write the full report here")
     args = p.parse_args(argv)
     report = evaluate(args.model, args.videos, args.seconds, args.device, limit=args.limit, steps=args.steps,
                       scheduler=args.scheduler, audio_guidance_scale=args.audio_guidance,
-                      ref_guidance_scale=args.ref_guidance, guidance_interval=parse_interval(args.guidance_interval))
+                      ref_guidance_scale=args.ref_guidance, guidance_interval=parse_interval(args.guidance_interval),
+                      motion_stats=args.motion_stats)
     keys = ["sync", "sync_ceiling", "sync_relative", "sync_swapped_audio", "motion_amplitude_ratio",
             "drift_face", "drift_face_ground_truth", "seam_jitter", "seam_jitter_ground_truth", "generation_s"]
     print("id      " + " ".join(f"{k[:14]:>14}" for k in keys))
