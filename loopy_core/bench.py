@@ -77,7 +77,8 @@ def reference_image(config: LoopyConfig) -> np.ndarray:
     return np.random.default_rng(0).random((config.resolution, config.resolution, 3)).astype(np.float32)
 
 
-# name -> GenerationOptions fields (audio 5 and reference 3 unless given, as the paper); the `sampling` part times each
+PAPER_GUIDANCE = {"audio_guidance_scale": 5.0, "ref_guidance_scale": 3.0}  # the paper's scales, timed by default
+# name -> GenerationOptions fields (with `PAPER_GUIDANCE` unless given); the `sampling` part times each
 SAMPLING = {
     "paper: ddim 25 steps, 3 branches": dict(scheduler="ddim", steps=25),
     "ddim 25, ref scale 1 (2 branches)": dict(scheduler="ddim", steps=25, ref_guidance_scale=1.0),
@@ -90,13 +91,13 @@ SAMPLING = {
 
 def bench_clip(pipe: LoopyPipeline, steps: int, repeats: int = 3, warmup: int = 1, **sampling) -> dict:
     """Seconds per clip at steady state (history full), frames/s and peak device memory; `sampling` overrides
-    `GenerationOptions` fields (default: `steps` DDIM steps, audio guidance 5, reference guidance 3)."""
+    `GenerationOptions` fields (default: `steps` DDIM steps, `PAPER_GUIDANCE`)."""
     cfg, device = pipe.config, pipe.device
     audio = random_audio(cfg, cfg.frames_per_clip * 12)
     state = pipe.start_video(reference_image(cfg))
     state.history = torch.randn(1, cfg.latent_channels, pipe.model.tsm.span, cfg.latent_size, cfg.latent_size,
                                 device=device, dtype=pipe.dtype)
-    options = GenerationOptions(**{"steps": steps, "audio_guidance_scale": 5.0, "ref_guidance_scale": 3.0, **sampling})
+    options = GenerationOptions(steps=steps, **{**PAPER_GUIDANCE, **sampling})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     k = iter(range(1, 12))
@@ -118,9 +119,8 @@ def bench_sampling(pipe: LoopyPipeline, settings: dict[str, dict] | None = None,
     """Seconds per clip for each sampling setting (`SAMPLING`), and the speed-up over the first."""
     settings = settings or SAMPLING
     out = {}
-    for name, sampling in settings.items():
-        rest = {k: v for k, v in sampling.items() if k != "steps"}
-        out[name] = bench_clip(pipe, sampling.get("steps", 25), repeats=repeats, **rest)
+    for name, sampling in settings.items():  # each setting names its steps
+        out[name] = bench_clip(pipe, repeats=repeats, **sampling)
     base = out[next(iter(out))]["seconds_per_clip"]
     for row in out.values():
         row["speedup"] = base / row["seconds_per_clip"]
@@ -136,7 +136,7 @@ def bench_profile(pipe: LoopyPipeline, steps: int = 3, top: int = 15) -> dict:
     cfg, device = pipe.config, pipe.device
     audio = random_audio(cfg, cfg.frames_per_clip * 2)
     state = pipe.start_video(reference_image(cfg))
-    options = GenerationOptions(steps=steps, audio_guidance_scale=5.0, ref_guidance_scale=3.0)
+    options = GenerationOptions(steps=steps, **PAPER_GUIDANCE)
     pipe.run_clip(state, audio, 0, options)  # warm-up
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
