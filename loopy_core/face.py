@@ -51,7 +51,7 @@ class CropInfo:
 
 
 def _as_hwc(image: Any, what: str = "image") -> torch.Tensor:
-    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.require(image, requirements="CW"))
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
     if x.ndim != 3 or x.shape[-1] != 3:
@@ -194,7 +194,7 @@ def feather_mask(info: CropInfo, feather: float = 0.08) -> torch.Tensor:
 def paste_back(original: Any, frames: Any, info: CropInfo, feather: float = 0.08) -> torch.Tensor:
     """Paste animated crops `frames` (`[T, S, S, 3]`) into `original` (`[H, W, 3]`) at `info`, with a feathered
     seam; returns `[T, H, W, 3]` float32 0..1 (on the frames' device)."""
-    f = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    f = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.require(frames, requirements="CW"))
     if f.ndim == 3:
         f = f[None]
     if f.ndim != 4 or f.shape[-1] != 3 or f.shape[1] != f.shape[2]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -69,6 +70,17 @@ def test_estimators_accept_uint8_and_float_alike(talking):
     assert np.allclose(a.tx, b.tx, atol=2e-3) and np.allclose(a.mouth_open, b.mouth_open, atol=2e-3)
     with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         measure_faces(np.zeros((5, 32, 32)))
+
+
+def test_read_only_arrays_are_copied_not_aliased(talking):
+    """A PIL image as numpy (`np.asarray(img)`) is read-only; torch must not alias it (no warning, same values)."""
+    frames = (talking[0].frames[:3].numpy() * 255).astype(np.uint8)
+    frames.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measured = measure_faces(frames)
+        drift = identity_drift(frames, frames[0], FPS)
+    assert np.allclose(measured.tx, measure_faces(frames.copy()).tx) and drift["face_max"] < 0.03
 
 
 # --- sync ---------------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class FaceMeasurements:
 def as_float_frames(frames: Any) -> torch.Tensor:
     """Frames as float32 torch [T, H, W, 3] in 0..1 (from uint8 or float, numpy or torch; [H, W, 3] is one frame)."""
     if not isinstance(frames, torch.Tensor):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+        frames = torch.from_numpy(np.require(frames, requirements="CW"))
     if frames.ndim == 3:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3:

@@ -183,7 +183,7 @@ def _appearance(frames: torch.Tensor, chunk: int = 64) -> dict[str, np.ndarray]:
 
 def identity_drift(frames: Any, reference: Any, fps: float, window_seconds: float = 10.0) -> dict:
     """Distance of background colour, face colour and head shape to the reference, per window (module docstring)."""
-    frames = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    frames = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.require(frames, requirements="CW"))
     ref = _appearance(_resize_image(reference, frames.shape[1], frames.shape[2]))
     app = _appearance(frames)
     dist = {
@@ -287,7 +287,7 @@ def evaluate_video(
     """
     # 1. inputs
     if not isinstance(frames, torch.Tensor):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
+        frames = torch.from_numpy(np.require(frames, requirements="CW"))
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 3:
         raise ValueError(f"frames must be [T, H, W, 3] with T >= 3, got {tuple(frames.shape)}")
     if not fps or fps <= 0:
