@@ -10,8 +10,9 @@
 - `animatediff`: seconds per clip of diffusers' end-to-end `AnimateDiffPipeline` (same widths and VAE, 2 guidance
   branches, decode included) beside ours (3 branches);
 - `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing;
-- `channels_last`, `compile`: seconds per clip with `LoopyPipeline.optimize` (channels-last weights; `torch.compile`
-  of the denoiser and ReferenceNet, with the one-off compile time reported apart) over the eager default;
+- `channels_last`, `compile`, `compile_denoiser`: seconds per clip with `LoopyPipeline.optimize` (channels-last
+  weights; `torch.compile` of the denoiser's blocks one by one, or of the whole denoiser as one graph; the one-off
+  compile time reported apart) over the eager default;
 - `sampling`: seconds per clip for the sampling settings of `SAMPLING` (fewer steps, guidance on part of the steps,
   two branches) against the paper's 25 DDIM steps with three branches;
 - `profile`: the operators that take most of one clip's device time (`torch.profiler`, a few steps).
@@ -376,6 +377,8 @@ def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: 
     part("tsm", lambda: bench_tsm(config, device, dtype, steps))
     part("channels_last", lambda: bench_optimized(config, device, dtype, steps, eager(), channels_last=True))
     part("compile", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True))
+    part("compile_denoiser", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True,
+                                                     compile_scope="denoiser"))
     return results
 
 
@@ -411,7 +414,7 @@ def format_table(results: dict) -> str:
             row("AnimateDiffPipeline peak VRAM (GB)", f"{a['peak_vram_gb']:.2f}")
         if "ours_over_animatediff" in a:
             row("ours (3 branches) / AnimateDiffPipeline", f"{a['ours_over_animatediff']:.2f}x")
-    for name in ("channels_last", "compile"):
+    for name in ("channels_last", "compile", "compile_denoiser"):
         if name in results:
             o = results[name]
             row(f"{name.replace('_', '-')}: eager / optimized (speed)", f"{o['speedup']:.2f}x",

@@ -26,10 +26,13 @@ from typing import Any, Callable, Iterator
 
 import diffusers
 import torch
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from . import guidance
 from .audio import AudioFeatures, extract_audio_features
 from .image import prepare_reference, to_image_tensor
+from .models.temporal import TemporalTransformer3D
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "heun": "HeunDiscreteScheduler",
 }
+
+COMPILE_SCOPES = ("blocks", "denoiser")
+REPEATED_BLOCKS = (ResnetBlock2D, Transformer2DModel, TemporalTransformer3D)  # what "blocks" compiles one by one
+BLOCK_RECOMPILE_LIMIT = 64
 
 
 class GenerationCancelled(Exception):
@@ -114,16 +121,32 @@ class LoopyPipeline:
         self.audio_encoder = audio_encoder
         self.config = model.config
 
-    def optimize(self, channels_last: bool = False, compile: bool = False, compile_mode: str | None = None,
-                 compile_backend: str = "inductor") -> "LoopyPipeline":
-        """Optional speed-ups, in place: channels-last convolution weights (faster cuDNN kernels on recent GPUs)
-        and `torch.compile` of the denoiser and ReferenceNet (the first clip pays the compile time; a new branch
-        count or resolution recompiles). Outputs match the eager model within the dtype's rounding."""
+    def optimize(self, channels_last: bool = False, compile: bool = False, compile_scope: str = "blocks",
+                 compile_mode: str | None = None, compile_backend: str = "inductor") -> "LoopyPipeline":
+        """Optional speed-ups, in place: channels-last convolution weights (faster cuDNN kernels on some GPUs) and
+        `torch.compile` of the denoiser, the one network that runs at every step (the ReferenceNet runs once per
+        clip: compiling it would cost more time than it saves).
+
+        `compile_scope` "blocks" compiles each ResNet, transformer and temporal block on its own: blocks of one
+        kind and shape share one compiled graph, so the first clip compiles in a fraction of the time; "denoiser"
+        compiles the whole denoiser as one graph (fusion across blocks too, at minutes of compiling). The first clip
+        pays the compile time; a new branch count or resolution recompiles. Outputs match the eager model within
+        the dtype's rounding."""
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
-            for module in (self.model.denoiser, self.model.reference_net):
-                module.compile(mode=compile_mode, backend=compile_backend, dynamic=False)
+            kwargs = dict(mode=compile_mode, backend=compile_backend, dynamic=False)
+            if compile_scope == "denoiser":
+                self.model.denoiser.compile(**kwargs)
+            else:
+                # one graph per block kind and input shape: the sd15 denoiser has 14 ResNet shapes per branch count,
+                # past dynamo's default limit of 8 per function, beyond which it would run the rest eagerly
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_RECOMPILE_LIMIT)
+                for module in self.model.denoiser.modules():
+                    if isinstance(module, REPEATED_BLOCKS):
+                        module.compile(**kwargs)
         return self
 
     @property
@@ -216,25 +239,25 @@ class LoopyPipeline:
         audio_scale = cfg.guidance.audio_scale if options.audio_guidance_scale is None else options.audio_guidance_scale
         ref_scale = cfg.guidance.ref_scale if options.ref_guidance_scale is None else options.ref_guidance_scale
         batches: dict[tuple[int, ...], tuple] = {}  # which branches run together -> their batched conditions
-        kv_caches: dict[tuple[int, ...], dict] = {}  # the same -> reference keys/values, projected once per clip
 
         def predict(x, t, weights):
             """The guided prediction; branches with zero weight are skipped, the rest run as one batch."""
             active = tuple(i for i, w in enumerate(weights) if w != 0.0)
-            if options.sequential_guidance:
-                outs = [model.denoiser(x, t, branches[i][1], branches[i][0], motion_feats,
-                                       ref_kv_cache=kv_caches.setdefault((i,), {})).float() for i in active]
-            else:
-                if active not in batches:
-                    n = len(active)
-                    batches[active] = (
-                        torch.cat([branches[i][1] for i in active]),
-                        {k: torch.cat([branches[i][0][k] for i in active]) for k in state.ref_tokens},
+            groups = [(i,) for i in active] if options.sequential_guidance else [active]
+            outs = []
+            for group in groups:
+                if group not in batches:  # the reference's keys/values are projected once per clip, not per step
+                    n = len(group)
+                    ref = {k: torch.cat([branches[i][0][k] for i in group]) for k in state.ref_tokens}
+                    batches[group] = (
+                        torch.cat([branches[i][1] for i in group]),
+                        model.denoiser.reference_kv(ref),
                         {k: v.repeat(n, 1, 1, 1) for k, v in motion_feats.items()} if n > 1 else motion_feats,
                     )
-                tokens, ref, feats = batches[active]
-                outs = model.denoiser(x.repeat(len(active), 1, 1, 1, 1), t, tokens, ref, feats,
-                                      ref_kv_cache=kv_caches.setdefault(active, {})).float().chunk(len(active))
+                tokens, ref_kv, feats = batches[group]
+                out = model.denoiser(x.repeat(len(group), 1, 1, 1, 1) if len(group) > 1 else x, t, tokens, None, feats,
+                                     ref_kv=ref_kv)
+                outs.extend(out.float().chunk(len(group)))
             return sum(weights[i] * out for i, out in zip(active, outs))
 
         # 4. denoising loop

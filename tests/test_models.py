@@ -263,7 +263,7 @@ def test_temporal_attention_in_chunks_equals_one_batch(monkeypatch):
 
 
 @torch.no_grad()
-def test_reference_keys_values_once_per_reference_and_cached_across_steps(model):
+def test_reference_keys_values_once_per_reference_and_projected_once_per_clip(model):
     from diffusers.models.attention_processor import Attention
 
     from loopy_core.models.attention import LoopyAttnProcessor, attend
@@ -276,7 +276,7 @@ def test_reference_keys_values_once_per_reference_and_cached_across_steps(model)
     proc = LoopyAttnProcessor("a.attn1", "read")
     torch.testing.assert_close(proc(attn, hidden, ref_tokens={"a.attn1": ref}), naive, atol=1e-5, rtol=1e-5)
 
-    # in the denoiser, a cache shared by a clip's steps projects the reference once
+    # in the denoiser, keys/values projected ahead (once per clip) replace the reference tokens at every step
     inp = clip_inputs(model)
     ref_tokens, motion_feats = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
     tokens, _ = model.motion_tokens(inp["audio"])
@@ -286,13 +286,16 @@ def test_reference_keys_values_once_per_reference_and_cached_across_steps(model)
     hook = to_k.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
     try:
         plain = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats)
-        cache: dict = {}
-        first = model.denoiser(inp["sample"], 500, tokens, ref_tokens, motion_feats, ref_kv_cache=cache)
-        second = model.denoiser(inp["sample"], 300, tokens, ref_tokens, motion_feats, ref_kv_cache=cache)
+        ref_kv = model.denoiser.reference_kv(ref_tokens)
+        first = model.denoiser(inp["sample"], 500, tokens, None, motion_feats, ref_kv=ref_kv)
+        second = model.denoiser(inp["sample"], 300, tokens, None, motion_feats, ref_kv=ref_kv)
     finally:
         hook.remove()
-    # own tokens: F rows per call; the reference: 1 row, only when not cached
+    # own tokens: F rows per call; the reference: 1 row, in `reference_kv` only once projected ahead
     assert rows == [1, F, 1, F, F]
-    assert set(cache) == set(ref_tokens)
+    assert set(ref_kv) == set(ref_tokens) == set(model.denoiser.attn1_names)
     torch.testing.assert_close(first, plain)
     torch.testing.assert_close(second, model.denoiser(inp["sample"], 300, tokens, ref_tokens, motion_feats))
+    with pytest.raises(ValueError, match="can't be split over 2 references"):
+        bad = {k: (torch.cat([kv[0]] * 2), torch.cat([kv[1]] * 2)) for k, kv in ref_kv.items()}
+        model.denoiser(inp["sample"][:, :, :3], 500, tokens[:, :3], None, None, ref_kv=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from loopy_core.bench import build_pipeline, random_audio, reference_image
@@ -17,6 +18,10 @@ def _video(pipe, config):
     return pipe(reference_image(config), audio, GenerationOptions(steps=2, seed=3))
 
 
+def is_compiled(module: torch.nn.Module) -> bool:
+    return module._compiled_call_impl is not None  # set by `nn.Module.compile`, None on every module until then
+
+
 def test_channels_last_and_compile_match_eager():
     config = LoopyConfig.preset("tiny")
     eager = _video(build_pipeline(config, "cpu", torch.float32), config)
@@ -25,9 +30,25 @@ def test_channels_last_and_compile_match_eager():
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     torch.testing.assert_close(_video(fast, config), eager, atol=1e-4, rtol=0)
     # the graph capture is what can break; aot_eager checks it without a C++ toolchain's minutes of compiling
-    compiled = build_pipeline(config, "cpu", torch.float32).optimize(compile=True, compile_backend="aot_eager")
-    assert hasattr(compiled.model.denoiser, "_compiled_call_impl")
-    torch.testing.assert_close(_video(compiled, config), eager, atol=1e-4, rtol=0)
+    from torch._dynamo.utils import counters
+
+    from loopy_core.pipeline import REPEATED_BLOCKS
+
+    for scope in ("blocks", "denoiser"):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = build_pipeline(config, "cpu", torch.float32).optimize(
+            compile=True, compile_scope=scope, compile_backend="aot_eager")
+        denoiser = compiled.model.denoiser
+        blocks = [m for m in denoiser.modules() if isinstance(m, REPEATED_BLOCKS)]
+        assert is_compiled(denoiser) == (scope == "denoiser")
+        assert blocks and all(is_compiled(m) == (scope == "blocks") for m in blocks)
+        assert not is_compiled(compiled.model.reference_net)
+        torch.testing.assert_close(_video(compiled, config), eager, atol=1e-4, rtol=0)
+        if scope == "denoiser":  # every step of every clip reuses one graph: nothing in forward changes between them
+            assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    with pytest.raises(ValueError, match="compile_scope must be one of"):
+        build_pipeline(config, "cpu", torch.float32).optimize(compile=True, compile_scope="everything")
 
 
 def test_bench_writes_each_part_and_reports_optimizations(tmp_path, capsys, monkeypatch):

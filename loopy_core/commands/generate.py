@@ -20,7 +20,7 @@ def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto") -> 
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="compute dtype (default fp32)")
     p.add_argument("--low-memory", action="store_true", help="run the guidance branches one after another")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the denoiser and ReferenceNet (the first clip pays minutes of compiling)")
+                   help="torch.compile the denoiser block by block (the first clip pays the compiling)")
     p.add_argument("--channels-last", action="store_true", help="channels-last convolution weights")
     p.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer audio (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

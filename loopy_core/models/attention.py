@@ -7,10 +7,11 @@ state stashed on modules:
 - `ref_tokens: dict[str, Tensor]` (denoiser, "read"): `[B, n, C]` per `attn1` name; the processor attends over
   `[own tokens ; reference tokens]` of the same block, shared by the F frames of its batch item (the denoiser's
   batch is `(B F)`). The reference's keys and values are projected once per batch item, not once per frame;
-- `ref_kv_cache: dict` (denoiser, optional): keeps those keys and values from the first call to the next ones.
-  The reference doesn't change across a clip's denoising steps, so the pipeline passes one cache per clip and
-  the projections run once per clip instead of once per step.
-Cross-attention (`attn2`) processors ignore both. All computation is PyTorch SDPA.
+- `ref_kv: dict[str, (Tensor, Tensor)]` (denoiser, optional): those keys and values projected ahead by
+  `project_reference`. The reference doesn't change across a clip's denoising steps, so the pipeline projects once
+  per clip instead of once per step, outside the denoiser's forward (which then mutates nothing and compiles to one
+  graph).
+Cross-attention (`attn2`) processors ignore all three. All computation is PyTorch SDPA.
 """
 
 from __future__ import annotations
@@ -57,25 +58,37 @@ class LoopyAttnProcessor:
         temb: torch.Tensor | None = None,
         ref_bank: dict[str, torch.Tensor] | None = None,
         ref_tokens: dict[str, torch.Tensor] | None = None,
-        ref_kv_cache: dict | None = None,
+        ref_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         if encoder_hidden_states is not None:  # cross-attention: motion tokens or the ReferenceNet's null context
             return attend(attn, hidden_states, encoder_hidden_states)
         if self.mode == "write" and ref_bank is not None:
             ref_bank[self.name] = hidden_states
-        elif self.mode == "read" and ref_tokens is not None:
-            kv = None if ref_kv_cache is None else ref_kv_cache.get(self.name)
-            if kv is None:
+        elif self.mode == "read" and (ref_kv is not None or ref_tokens is not None):
+            if ref_kv is not None:
+                kv = ref_kv[self.name]
+            else:
                 ref = ref_tokens[self.name].to(hidden_states.dtype)  # [B, n_ref, C]
-                if hidden_states.shape[0] % ref.shape[0]:
-                    raise ValueError(
-                        f"{self.name}: {hidden_states.shape[0]} frames can't be split over {ref.shape[0]} references"
-                    )
                 kv = attn.to_k(ref), attn.to_v(ref)
-                if ref_kv_cache is not None:
-                    ref_kv_cache[self.name] = kv
+            if hidden_states.shape[0] % kv[0].shape[0]:
+                raise ValueError(
+                    f"{self.name}: {hidden_states.shape[0]} frames can't be split over {kv[0].shape[0]} references"
+                )
             return attend(attn, hidden_states, hidden_states, extra_kv=kv)
         return attend(attn, hidden_states, hidden_states)
+
+
+def project_reference(
+    unet: torch.nn.Module, ref_tokens: dict[str, torch.Tensor]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each `attn1`'s keys and values `[B, n, inner]` of the reference tokens `[B, n, C]`: what a "read" processor
+    appends to its own, computed once for as many calls as share the reference."""
+    out = {}
+    for name, ref in ref_tokens.items():
+        attn = unet.get_submodule(name)
+        ref = ref.to(attn.to_k.weight.dtype)
+        out[name] = attn.to_k(ref), attn.to_v(ref)
+    return out
 
 
 def install_processors(unet: torch.nn.Module, self_attention_mode: str) -> list[str]:

@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import nn
 
 from ..config import TemporalConfig, UNetConfig
-from .attention import install_processors
+from .attention import install_processors, project_reference
 from .temporal import TemporalLayers
 from .unet import build_unet, unet_forward
 
@@ -61,6 +61,11 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
     def from_configs(cls, unet: UNetConfig, temporal: TemporalConfig) -> LoopyDenoiser:
         return cls(unet_config=asdict(unet), temporal_config=asdict(temporal))
 
+    def reference_kv(self, ref_tokens: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The reference attention's keys and values of `ref_tokens`, for `forward(ref_kv=...)`: the reference is
+        the same at every denoising step, so its projections need not run again at each one."""
+        return project_reference(self.unet, ref_tokens)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -69,7 +74,7 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
         ref_tokens: dict[str, torch.Tensor] | None,
         motion_feats: dict[tuple[str, int, int], torch.Tensor] | None,
         use_temporal: bool = True,
-        ref_kv_cache: dict | None = None,
+        ref_kv: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -80,9 +85,8 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             motion_feats: ReferenceNet motion-frame features `[(B M), C, h, w]` per position (None: the inter-clip
                 layers see only the clip).
             use_temporal: False skips both temporal layers (training stage 1, image pairs).
-            ref_kv_cache: an empty dict on the first call of a clip, the same dict on its later steps: the
-                reference's attention keys and values are projected once and reused (inference only; the
-                reference tokens must be the same tensors on every call that shares the dict).
+            ref_kv: `reference_kv(ref_tokens)`, projected once for all of a clip's steps (inference); it replaces
+                `ref_tokens` in the reference attention.
         Returns:
             `[B, C, F, h, w]` model output (epsilon, v or x0, as the model's noise config says).
         """
@@ -110,7 +114,7 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             x,
             t.repeat_interleave(F),
             context,
-            cross_attention_kwargs={"ref_tokens": ref_tokens, "ref_kv_cache": ref_kv_cache} if ref_tokens else None,
+            cross_attention_kwargs={"ref_tokens": ref_tokens, "ref_kv": ref_kv} if ref_tokens or ref_kv else None,
             after_layer=temporal,
             gradient_checkpointing=self.gradient_checkpointing and self.training,
             emb_offset=emb_offset,

@@ -61,7 +61,7 @@ def unet_forward(
     """
     N = sample.shape[0]
     kwargs = dict(encoder_hidden_states=encoder_hidden_states, cross_attention_kwargs=cross_attention_kwargs)
-    hook = after_layer or (lambda part, i, j, h: h)
+    hook = after_layer if after_layer is not None else (lambda part, i, j, h: h)  # (`or` breaks torch.compile graphs)
 
     # 1. time
     t = torch.as_tensor(timestep, device=sample.device)
