@@ -143,7 +143,9 @@ class LoopyPipeline:
             else:
                 # one graph per block kind and input shape: the sd15 denoiser has 14 ResNet shapes per branch count,
                 # past dynamo's default limit of 8 per function, beyond which it would run the rest eagerly
-                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_RECOMPILE_LIMIT)
+                dynamo = torch._dynamo.config
+                limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+                setattr(dynamo, limit, max(getattr(dynamo, limit), BLOCK_RECOMPILE_LIMIT))
                 for module in self.model.denoiser.modules():
                     if isinstance(module, REPEATED_BLOCKS):
                         module.compile(**kwargs)

@@ -44,6 +44,8 @@ def test_channels_last_and_compile_match_eager():
         assert is_compiled(denoiser) == (scope == "denoiser")
         assert blocks and all(is_compiled(m) == (scope == "blocks") for m in blocks)
         assert not is_compiled(compiled.model.reference_net)
+        if scope == "blocks":  # sd15 has more block shapes than dynamo's default 8 graphs per function
+            assert torch._dynamo.config.recompile_limit >= 64
         torch.testing.assert_close(_video(compiled, config), eager, atol=1e-4, rtol=0)
         if scope == "denoiser":  # every step of every clip reuses one graph: nothing in forward changes between them
             assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
