@@ -76,6 +76,23 @@ def test_bench_writes_each_part_and_reports_optimizations(tmp_path, capsys, monk
     assert "channels-last: eager / optimized" in capsys.readouterr().out
 
 
+def test_bench_compile_parts_ask_for_their_scope(capsys, monkeypatch):
+    import loopy_core.bench as bench
+
+    asked = []
+
+    def fake_optimized(config, device, dtype, steps, eager_s, **optimize):
+        asked.append(optimize)
+        return {"seconds_per_clip": eager_s / 2, "first_clip_s": 9.0, "eager_s": eager_s, "speedup": 2.0}
+
+    monkeypatch.setattr(bench, "bench_optimized", fake_optimized)
+    assert main(["bench", "--config", "tiny", "--steps", "1", "--device", "cpu",
+                 "--only", "clip,compile,compile_denoiser"]) == 0
+    assert asked == [{"compile": True}, {"compile": True, "compile_scope": "denoiser"}]
+    out = capsys.readouterr().out
+    assert "compile: eager / optimized" in out and "compile-denoiser: eager / optimized" in out
+
+
 def test_bench_times_diffusers_animatediff_pipeline_end_to_end(tmp_path, capsys):
     out = tmp_path / "b.json"
     args = ["bench", "--config", "tiny", "--steps", "2", "--device", "cpu", "--only", "clip,animatediff",
