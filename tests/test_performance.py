@@ -22,7 +22,7 @@ def is_compiled(module: torch.nn.Module) -> bool:
     return module._compiled_call_impl is not None  # set by `nn.Module.compile`, None on every module until then
 
 
-def test_channels_last_and_compile_match_eager():
+def test_channels_last_and_compile_match_eager(monkeypatch):
     config = LoopyConfig.preset("tiny")
     eager = _video(build_pipeline(config, "cpu", torch.float32), config)
     fast = build_pipeline(config, "cpu", torch.float32).optimize(channels_last=True)
@@ -34,6 +34,7 @@ def test_channels_last_and_compile_match_eager():
 
     from loopy_core.pipeline import REPEATED_BLOCKS
 
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # dynamo's default, restored after the test
     for scope in ("blocks", "denoiser"):
         torch._dynamo.reset()
         counters.clear()

@@ -81,7 +81,8 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
             sample: `[B, C, F, h, w]` noisy latents of the clip.
             timestep: scalar or `[B]`.
             motion_tokens: `[B, F, N, D]` audio-to-latents output.
-            ref_tokens: ReferenceNet `attn1` inputs, `[B, n, C]` per name (None: no reference attention).
+            ref_tokens: ReferenceNet `attn1` inputs, `[B, n, C]` per name (None: no reference attention, unless
+                `ref_kv` is given).
             motion_feats: ReferenceNet motion-frame features `[(B M), C, h, w]` per position (None: the inter-clip
                 layers see only the clip).
             use_temporal: False skips both temporal layers (training stage 1, image pairs).
