@@ -143,6 +143,81 @@ def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monk
         TrainConfig(model=str(init), data=str(root / "shards"), motion_noise_max=-0.1)
 
 
+def test_own_history_puts_the_models_estimate_of_the_previous_clip_into_the_motion_frames(data, monkeypatch):
+    """`self_history_prob`: the motion frames of a picked sample equal the TSM of the true history whose last F
+    frames are the denoiser's x0 estimate of the previous clip; samples without a whole previous clip, and every
+    sample at 0, keep the true motion frames."""
+    from training.objective import LoopyObjective
+
+    root, init = data
+    model = load_checkpoint(init).eval()
+    ds = ShardDataset(root / "shards", model.config, stage=2, previous_clip=True)
+    items = [ds[i] for i in range(40)]
+    with_prev = [it for it in items if it["has_prev"] == 1][:3]
+    without = [it for it in items if it["has_prev"] == 0][:2]
+    assert len(with_prev) == 3 and len(without) == 2
+    assert all(not it["prev_target"].any() for it in without)
+    assert all(torch.equal(items[0][k], ds[0][k]) for k in items[0])  # still deterministic
+    batch = torch.utils.data.default_collate(with_prev + without)
+    # the item's previous clip is the F frames before its target: its motion frames + its own frames are the
+    # history of the target's (TSM over them = the target's motion frames)
+    F = batch["target"].shape[2]
+    history = _history_before(root, ds, with_prev[0], F)
+    assert torch.allclose(model.tsm(history, with_prev[0]["ref"][None]), with_prev[0]["motion"][None], atol=1e-5)
+
+    estimate = torch.full_like(batch["prev_target"][:1], 0.25)  # what the denoiser will "predict", as x0
+    monkeypatch.setattr(model.denoiser, "forward", lambda noisy, *a, **k: estimate.expand_as(noisy))
+    monkeypatch.setattr("training.objective.predicted_x0", lambda scheduler, sample, pred, t: pred)
+
+    def run(prob):
+        cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, self_history_prob=prob)
+        gen = torch.Generator().manual_seed(0)
+        return LoopyObjective(model, cfg).own_history(batch, batch["motion"], gen), gen
+
+    out, _ = run(1.0)
+    hist = history.clone()
+    hist[:, :, -F:] = 0.25
+    assert torch.allclose(out[:1], model.tsm(hist, batch["ref"][:1]), atol=1e-5)
+    assert not torch.equal(out[:3], batch["motion"][:3])
+    assert torch.equal(out[3:], batch["motion"][3:])  # no whole previous clip: untouched
+    half, _ = run(0.5)
+    changed = [not torch.equal(half[i], batch["motion"][i]) for i in range(3)]
+    assert torch.equal(half[3:], batch["motion"][3:])
+    assert all(torch.equal(half[i], out[i]) for i in range(3) if changed[i])
+    with pytest.raises(ValueError, match="self_history_prob must be in"):
+        TrainConfig(model=str(init), data=str(root / "shards"), self_history_prob=1.5)
+    with pytest.raises(ValueError, match="self_history_prob needs stage 2"):
+        TrainConfig(model=str(init), data=str(root / "shards"), stage=1, self_history_prob=0.5)
+    with pytest.raises(ValueError, match="previous_clip needs stage 2"):
+        ShardDataset(root / "shards", model.config, stage=1, previous_clip=True)
+
+
+def _history_before(root: Path, ds: ShardDataset, item: dict, F: int) -> torch.Tensor:
+    """The true history `[1, C, t, h, w]` before an item's target, found by matching its target in the shards."""
+    for video in ds.videos:
+        with safe_open(str(root / "shards" / video["shard"]), framework="pt") as f:
+            latents = f.get_tensor("latents").float()
+        for start in range(F, latents.shape[0] - F + 1):
+            if torch.equal(latents[start : start + F].permute(1, 0, 2, 3), item["target"]):
+                assert torch.equal(latents[start - F : start].permute(1, 0, 2, 3), item["prev_target"])
+                return latents[max(0, start - ds.tsm.span) : start].permute(1, 0, 2, 3)[None]
+    raise AssertionError("target clip not found in the shards")
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_predicted_x0_inverts_each_training_target(kind):
+    from diffusers import DDPMScheduler
+
+    from training.objective import predicted_x0
+
+    scheduler = DDPMScheduler(prediction_type=kind)
+    x0, noise = torch.randn(3, 4, 2, 5, 5), torch.randn(3, 4, 2, 5, 5)
+    t = torch.tensor([10, 500, 900])
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(x0, noise, t), "sample": x0}[kind]
+    assert torch.allclose(predicted_x0(scheduler, noisy, target, t), x0, atol=1e-3)
+
+
 def run_training(config: dict, tmp: Path, *extra, launcher=None) -> subprocess.CompletedProcess:
     path = tmp / "cfg.yaml"
     import yaml
@@ -163,11 +238,13 @@ def base_config(data, out: Path, **changes) -> dict:
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
-    straight = run_training(base_config(data, tmp_path / "a"), tmp_path)
+    # with the options that draw extra random numbers (motion-frame noise, the model's own history) switched on
+    extras = dict(motion_noise_max=0.3, self_history_prob=0.5)
+    straight = run_training(base_config(data, tmp_path / "a", **extras), tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    first = run_training(base_config(data, tmp_path / "b", max_train_steps=2), tmp_path)
+    first = run_training(base_config(data, tmp_path / "b", max_train_steps=2, **extras), tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_training(base_config(data, tmp_path / "b"), tmp_path, "--resume", "latest")
+    resumed = run_training(base_config(data, tmp_path / "b", **extras), tmp_path, "--resume", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     a = load_checkpoint(tmp_path / "a" / "checkpoint-4" / "loopy.safetensors").state_dict()

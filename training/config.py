@@ -62,6 +62,10 @@ class TrainConfig:
     # long-video robustness: motion frames get Gaussian noise of a std drawn per sample from [0, motion_noise_max]
     # (in latent units), so the model learns not to copy the flaws of its own generated history; 0 = off
     motion_noise_max: float = 0.0
+    # long-video robustness: this share of samples sees the clip before its target, inside the motion frames, as the
+    # model's own x0 estimate of it from a noised copy (timestep uniform), so it learns to continue from its own
+    # output, flaws included, towards the truth; 0 = off
+    self_history_prob: float = 0.0
     # checkpoints, logs, validation
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 3
@@ -89,6 +93,10 @@ class TrainConfig:
             raise ValueError("dropout probabilities must be >= 0 and p_drop_ref + p_drop_audio + p_drop_both <= 1")
         if self.motion_noise_max < 0:
             raise ValueError(f"motion_noise_max must be >= 0 (0 = off), got {self.motion_noise_max}")
+        if not 0 <= self.self_history_prob <= 1:
+            raise ValueError(f"self_history_prob must be in [0, 1] (0 = off), got {self.self_history_prob}")
+        if self.self_history_prob > 0 and self.stage != 2:
+            raise ValueError("self_history_prob needs stage 2 (stage 1 has no motion frames); set it to 0")
 
     @classmethod
     def load(cls, path: str | None, overrides: list[str] = ()) -> TrainConfig:

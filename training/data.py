@@ -11,6 +11,10 @@ clip's motion statistics.
 Item (stage 2; `F = 1` and no `motion` in stage 1):
     target [C, F, h, w], ref [C, h, w], motion [C, M, h, w], audio [F, 2w+1, L, D], motion_stats [2],
     mouth [F, 4] (mouth box: centre x, y, half-width, half-height as image fractions; older shards: lower face)
+With `previous_clip=True` (training's `self_history_prob`), stage 2 also gives the F frames before the target, as
+they were generated at inference (their own motion frames and audio), and whether the video had them:
+    prev_target [C, F, h, w], prev_motion [C, M, h, w], prev_audio [F, 2w+1, L, D], has_prev [] (0 or 1; the
+    prev_* fields are zeros when the target starts less than F frames into the video)
 """
 
 from __future__ import annotations
@@ -52,7 +56,11 @@ def check_compatible(index: dict, config: LoopyConfig) -> None:
 
 
 class ShardDataset(torch.utils.data.Dataset):
-    def __init__(self, data_dir: str | Path, config: LoopyConfig, stage: int, seed: int = 0, cache: bool = True):
+    def __init__(self, data_dir: str | Path, config: LoopyConfig, stage: int, seed: int = 0, cache: bool = True,
+                 previous_clip: bool = False):
+        if previous_clip and stage != 2:
+            raise ValueError("previous_clip needs stage 2 (video clips)")
+        self.previous_clip = previous_clip
         self.dir = Path(data_dir)
         self.index = read_index(self.dir)
         check_compatible(self.index, config)
@@ -95,18 +103,34 @@ class ShardDataset(torch.utils.data.Dataset):
         latents = data["latents"]
         ref = latents[ref_index].float()
         item = {"target": latents[start : start + F].float().permute(1, 0, 2, 3).contiguous(), "ref": ref}
-        # audio windows of the clip, edges clamped inside the video
-        w = self.config.audio.window
-        idx = (torch.arange(start, start + F)[:, None] + torch.arange(-w, w + 1)[None]).clamp(0, T - 1)
-        item["audio"] = data["audio"][idx].float()  # [F, 2w+1, L, D]
+        item["audio"] = self._audio_windows(data["audio"], start, T)  # [F, 2w+1, L, D]
         item["mouth"] = data["mouth"][start : start + F].float()
         if self.stage == 2:
-            history = latents[max(0, start - self.tsm.span) : start].float().permute(1, 0, 2, 3)[None]  # [1, C, t, h, w]
-            item["motion"] = self.tsm(history if history.shape[2] else None, ref[None])[0]
+            item["motion"] = self._motion_frames(latents, start, ref)
             item["motion_stats"] = motion_statistics(data["head"][start : start + F], data["expression"][start : start + F])
+            if self.previous_clip and start >= F:
+                item["prev_target"] = latents[start - F : start].float().permute(1, 0, 2, 3).contiguous()
+                item["prev_motion"] = self._motion_frames(latents, start - F, ref)
+                item["prev_audio"] = self._audio_windows(data["audio"], start - F, T)
+            elif self.previous_clip:  # no whole clip before the target: zeros of the same shapes
+                for name in ("target", "motion", "audio"):
+                    item[f"prev_{name}"] = torch.zeros_like(item[name])
+            if self.previous_clip:
+                item["has_prev"] = torch.tensor(float(start >= F))
         else:
             item["motion_stats"] = torch.zeros(2)
         return item
+
+    def _audio_windows(self, audio: torch.Tensor, start: int, T: int) -> torch.Tensor:
+        """The audio windows of frames `start..start+F-1`, edges clamped inside the video."""
+        w = self.config.audio.window
+        idx = (torch.arange(start, start + self.frames)[:, None] + torch.arange(-w, w + 1)[None]).clamp(0, T - 1)
+        return audio[idx].float()
+
+    def _motion_frames(self, latents: torch.Tensor, start: int, ref: torch.Tensor) -> torch.Tensor:
+        """The TSM's motion frames before frame `start`, the video start padded as at inference."""
+        history = latents[max(0, start - self.tsm.span) : start].float().permute(1, 0, 2, 3)[None]  # [1, C, t, h, w]
+        return self.tsm(history if history.shape[2] else None, ref[None])[0]
 
 
 class EpochSampler(torch.utils.data.Sampler):

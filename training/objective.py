@@ -12,7 +12,8 @@ dropped audio = the audio-to-latents "no modality" tokens: exactly the guidance 
 A second draw replaces the motion frames by the video-start padding (`p_drop_motion_frames`); a third picks the
 audio-to-latents modality mix (audio only / audio + motion statistics / motion statistics only). With
 `motion_noise_max > 0` the motion frames also get Gaussian noise of a per-sample std (drawn after the rest, so runs
-without it keep their random stream).
+without it keep their random stream). With `self_history_prob > 0`, drawn before that noise, a share of the
+samples sees its previous clip, inside the motion frames, as the model's own x0 estimate of it (`own_history`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ def mouth_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (inside_x & inside_y).float()[:, None]  # [B, 1, F, h, w]
 
 
+def predicted_x0(scheduler, sample: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The clean sample a prediction implies at timesteps `t` `[B]`, for the scheduler's prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return pred
+    alpha_bar = scheduler.alphas_cumprod.to(sample.device)[t].float().view(-1, *[1] * (sample.ndim - 1))
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if kind == "v_prediction":
+        return a * sample - s * pred
+    return (sample - s * pred) / a.clamp_min(1e-4)  # epsilon: ill-posed at zero terminal SNR, hence the clamp
+
+
 class LoopyObjective(nn.Module):
     def __init__(self, model: LoopyModel, train_config):
         super().__init__()
@@ -67,6 +80,35 @@ class LoopyObjective(nn.Module):
             pick = torch.rand(batch, generator=generator) < self.cfg.high_noise_fraction
             t = torch.where(pick, high, t)
         return t
+
+    @torch.no_grad()
+    def own_history(self, batch: dict[str, torch.Tensor], motion: torch.Tensor, generator: torch.Generator):
+        """Motion frames in which the clip before the target is the model's own one-step x0 estimate of it.
+
+        At inference the motion frames come from the model's own clips; training on true history alone lets a
+        model's flaws (a colour pulled towards the average face, motion too large) feed on themselves over a minute.
+        For a `self_history_prob` share of the samples that have a whole previous clip, that clip is noised to a
+        uniformly drawn timestep and denoised in one step with its own conditions (reference, motion frames, audio),
+        and the motion frames are recomputed with it: the TSM is a fixed linear map of the history, so that is the
+        true motion frames plus the TSM of the difference on the last F history frames.
+        """
+        model, prev = self.model, batch["prev_target"]
+        B, F = prev.shape[0], prev.shape[2]
+        pick = (torch.rand(B, generator=generator) < self.cfg.self_history_prob) & (batch["has_prev"].cpu() > 0)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), generator=generator)
+        noise = torch.randn(prev.shape, generator=generator)
+        idx = pick.nonzero().flatten()
+        if not len(idx):
+            return motion
+        idx_d, t = idx.to(prev.device), t[idx].to(prev.device)
+        prev = prev[idx_d]
+        noisy = self.scheduler.add_noise(prev, noise[idx].to(prev.device, prev.dtype), t)
+        ref_tokens, motion_feats = model.reference_net(batch["ref"][idx_d], batch["prev_motion"][idx_d])
+        tokens = model.audio_to_latents(batch["prev_audio"][idx_d])
+        pred = model.denoiser(noisy, t, tokens, ref_tokens, motion_feats, use_temporal=True)
+        delta = predicted_x0(self.scheduler, noisy, pred, t).to(prev.dtype) - prev  # [n, C, F, h, w]
+        weights = model.tsm.weights[:, -F:].to(delta)  # [M, F]: each motion latent's share of the last F frames
+        return motion.index_add(0, idx_d, torch.einsum("bcfhw,mf->bcmhw", delta, weights))
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         model, cfg = self.model, self.cfg
@@ -97,6 +139,8 @@ class LoopyObjective(nn.Module):
         if self.stage == 2:
             motion = batch["motion"]
             drop_motion = (v < cfg.p_drop_motion_frames)[:, None, None, None, None]
+            if cfg.self_history_prob > 0:
+                motion = self.own_history(batch, motion, generator)
             motion = torch.where(drop_motion, batch["ref"][:, :, None].expand_as(motion), motion)
             if cfg.motion_noise_max > 0:
                 sigma = torch.rand(B, generator=generator) * cfg.motion_noise_max

@@ -195,7 +195,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
 
     # 3. data, optimizer, schedule
-    dataset = ShardDataset(cfg.data, model.config, cfg.stage, seed=cfg.seed)
+    dataset = ShardDataset(cfg.data, model.config, cfg.stage, seed=cfg.seed, previous_clip=cfg.self_history_prob > 0)
     sampler = EpochSampler(len(dataset))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.train_batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
