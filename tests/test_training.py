@@ -143,14 +143,21 @@ def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monk
         TrainConfig(model=str(init), data=str(root / "shards"), motion_noise_max=-0.1)
 
 
-def test_own_history_puts_the_models_estimate_of_the_previous_clip_into_the_motion_frames(data, monkeypatch):
+@pytest.mark.parametrize("tsm", ["paper", "shorter_than_a_clip"])
+def test_own_history_puts_the_models_estimate_of_the_previous_clip_into_the_motion_frames(data, monkeypatch, tsm):
     """`self_history_prob`: the motion frames of a picked sample equal the TSM of the true history whose last F
     frames are the denoiser's x0 estimate of the previous clip; samples without a whole previous clip, and every
     sample at 0, keep the true motion frames."""
+    import dataclasses
+
+    from loopy_core.config import TSMConfig
     from training.objective import LoopyObjective
 
     root, init = data
     model = load_checkpoint(init).eval()
+    if tsm == "shorter_than_a_clip":  # 4 motion frames from the last 4 frames: it sees only part of the clip
+        torch.manual_seed(0)
+        model = LoopyModel(dataclasses.replace(model.config, tsm=TSMConfig(s=4, r=1, K=1))).eval()
     ds = ShardDataset(root / "shards", model.config, stage=2, previous_clip=True)
     items = [ds[i] for i in range(40)]
     with_prev = [it for it in items if it["has_prev"] == 1][:3]

@@ -90,7 +90,8 @@ class LoopyObjective(nn.Module):
         For a `self_history_prob` share of the samples that have a whole previous clip, that clip is noised to a
         uniformly drawn timestep and denoised in one step with its own conditions (reference, motion frames, audio),
         and the motion frames are recomputed with it: the TSM is a fixed linear map of the history, so that is the
-        true motion frames plus the TSM of the difference on the last F history frames.
+        true motion frames plus the TSM of the difference on the last F history frames (with the TSM's `pad: first`,
+        the padding before a video's first frame stays that frame's true latent).
         """
         model, prev = self.model, batch["prev_target"]
         B, F = prev.shape[0], prev.shape[2]
@@ -107,8 +108,9 @@ class LoopyObjective(nn.Module):
         tokens = model.audio_to_latents(batch["prev_audio"][idx_d])
         pred = model.denoiser(noisy, t, tokens, ref_tokens, motion_feats, use_temporal=True)
         delta = predicted_x0(self.scheduler, noisy, pred, t).to(prev.dtype) - prev  # [n, C, F, h, w]
-        weights = model.tsm.weights[:, -F:].to(delta)  # [M, F]: each motion latent's share of the last F frames
-        return motion.index_add(0, idx_d, torch.einsum("bcfhw,mf->bcmhw", delta, weights))
+        reach = min(F, model.tsm.span)  # a TSM shorter than a clip sees only its last frames
+        weights = model.tsm.weights[:, -reach:].to(delta)  # [M, reach]: each motion latent's share of those frames
+        return motion.index_add(0, idx_d, torch.einsum("bcfhw,mf->bcmhw", delta[:, :, -reach:], weights))
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         model, cfg = self.model, self.cfg
