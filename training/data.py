@@ -11,8 +11,8 @@ clip's motion statistics.
 Item (stage 2; `F = 1` and no `motion` in stage 1):
     target [C, F, h, w], ref [C, h, w], motion [C, M, h, w], audio [F, 2w+1, L, D], motion_stats [2],
     mouth [F, 4] (mouth box: centre x, y, half-width, half-height as image fractions; older shards: lower face)
-With `previous_clip=True` (training's `self_history_prob`), stage 2 also gives the F frames before the target, as
-they were generated at inference (their own motion frames and audio), and whether the video had them:
+With `previous_clip=True` (training's `self_history_prob`), stage 2 also gives the F frames before the target with
+the conditions that clip is generated from (its own motion frames and audio), and whether the video had them:
     prev_target [C, F, h, w], prev_motion [C, M, h, w], prev_audio [F, 2w+1, L, D], has_prev [] (0 or 1; the
     prev_* fields are zeros when the target starts less than F frames into the video)
 """
@@ -108,18 +108,23 @@ class ShardDataset(torch.utils.data.Dataset):
         if self.stage == 2:
             item["motion"] = self._motion_frames(latents, start, ref)
             item["motion_stats"] = motion_statistics(data["head"][start : start + F], data["expression"][start : start + F])
-            if self.previous_clip and start >= F:
-                item["prev_target"] = latents[start - F : start].float().permute(1, 0, 2, 3).contiguous()
-                item["prev_motion"] = self._motion_frames(latents, start - F, ref)
-                item["prev_audio"] = self._audio_windows(data["audio"], start - F, T)
-            elif self.previous_clip:  # no whole clip before the target: zeros of the same shapes
-                for name in ("target", "motion", "audio"):
-                    item[f"prev_{name}"] = torch.zeros_like(item[name])
             if self.previous_clip:
-                item["has_prev"] = torch.tensor(float(start >= F))
+                item.update(self._previous_clip(data, start, T, ref, item))
         else:
             item["motion_stats"] = torch.zeros(2)
         return item
+
+    def _previous_clip(self, data: dict, start: int, T: int, ref: torch.Tensor, item: dict) -> dict:
+        F = self.frames
+        if start < F:  # no whole clip before the target: zeros of the same shapes
+            prev = {f"prev_{name}": torch.zeros_like(item[name]) for name in ("target", "motion", "audio")}
+            return {**prev, "has_prev": torch.tensor(0.0)}
+        return {
+            "prev_target": data["latents"][start - F : start].float().permute(1, 0, 2, 3).contiguous(),
+            "prev_motion": self._motion_frames(data["latents"], start - F, ref),
+            "prev_audio": self._audio_windows(data["audio"], start - F, T),
+            "has_prev": torch.tensor(1.0),
+        }
 
     def _audio_windows(self, audio: torch.Tensor, start: int, T: int) -> torch.Tensor:
         """The audio windows of frames `start..start+F-1`, edges clamped inside the video."""
