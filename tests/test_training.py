@@ -200,6 +200,26 @@ def test_own_history_puts_the_models_estimate_of_the_previous_clip_into_the_moti
         ShardDataset(root / "shards", model.config, stage=1, previous_clip=True)
 
 
+def test_own_history_runs_under_bf16_autocast(data, monkeypatch):
+    """Mixed-precision training (accelerate's autocast) makes the estimate's TSM shift bf16; the motion frames must
+    stay in their own dtype (a bf16 shift added into fp32 motion frames failed on the first GPU run)."""
+    from training.objective import LoopyObjective
+
+    root, init = data
+    model = load_checkpoint(init).eval()
+    ds = ShardDataset(root / "shards", model.config, stage=2, previous_clip=True)
+    batch = torch.utils.data.default_collate([it for it in (ds[i] for i in range(40)) if it["has_prev"] == 1][:2])
+    seen = []
+    forward = model.reference_net.forward
+    monkeypatch.setattr(model.reference_net, "forward", lambda ref, motion: seen.append(motion) or forward(ref, motion))
+    cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, self_history_prob=1.0,
+                      p_drop_motion_frames=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = LoopyObjective(model, cfg)(batch, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    assert seen[-1].dtype == batch["motion"].dtype and not torch.equal(seen[-1], batch["motion"])
+
+
 def _history_before(root: Path, ds: ShardDataset, item: dict, F: int) -> torch.Tensor:
     """The true history `[1, C, t, h, w]` before an item's target, found by matching its target in the shards."""
     for video in ds.videos:

@@ -110,7 +110,8 @@ class LoopyObjective(nn.Module):
         delta = predicted_x0(self.scheduler, noisy, pred, t).to(prev.dtype) - prev  # [n, C, F, h, w]
         reach = min(F, model.tsm.span)  # a TSM shorter than a clip sees only its last frames
         weights = model.tsm.weights[:, -reach:].to(delta)  # [M, reach]: each motion latent's share of those frames
-        return motion.index_add(0, idx_d, torch.einsum("bcfhw,mf->bcmhw", delta[:, :, -reach:], weights))
+        shift = torch.einsum("bcfhw,mf->bcmhw", delta[:, :, -reach:], weights)  # autocast may make this bf16
+        return motion.index_add(0, idx_d, shift.to(motion.dtype))
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         model, cfg = self.model, self.cfg
