@@ -283,6 +283,26 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     assert not list((tmp_path / "b").glob(".checkpoint-*"))  # no half-written checkpoint left
 
 
+def test_ema_checkpoint_is_the_moving_average_of_the_raw_weights(data, tmp_path):
+    """Each checkpoint's `loopy_ema.safetensors` (what `export --ema` ships) is the EMA recurrence over the raw weights
+    after every optimizer step, with diffusers' decay schedule."""
+    from diffusers.training_utils import EMAModel
+
+    out = tmp_path / "run"
+    result = run_training(base_config(data, out, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=5,
+                                      use_ema=True, ema_decay=0.5), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    schedule = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=0.5)
+    average = None
+    for step in (1, 2, 3):
+        raw = load_checkpoint(out / f"checkpoint-{step}" / "loopy.safetensors").state_dict()
+        decay = schedule.get_decay(step)
+        average = raw if average is None else {k: average[k] - (1 - decay) * (average[k] - raw[k]) for k in raw}
+        saved = load_checkpoint(out / f"checkpoint-{step}" / "loopy_ema.safetensors").state_dict()
+        assert all(torch.allclose(saved[k], average[k], atol=1e-6) for k in raw), step
+    assert 0 < decay < 1 and any(not torch.equal(saved[k], raw[k]) for k in raw)  # the average lags the raw weights
+
+
 def test_two_cpu_processes_end_with_identical_weights(data, tmp_path):
     # `--multi_gpu` picks accelerate's torchrun launcher; with no GPU each process runs on the CPU over gloo
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -192,7 +192,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
         model.denoiser.gradient_checkpointing = True
         model.reference_net.gradient_checkpointing = True
     params = [p for p in model.parameters() if p.requires_grad]
-    ema = EMAModel(params, decay=cfg.ema_decay) if cfg.use_ema else None
+    # foreach: a few multi-tensor kernels a step on a GPU instead of three per parameter tensor (1,234 in the demo)
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
 
     # 3. data, optimizer, schedule
     dataset = ShardDataset(cfg.data, model.config, cfg.stage, seed=cfg.seed, previous_clip=cfg.self_history_prob > 0)
