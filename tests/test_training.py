@@ -123,7 +123,7 @@ def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monk
     batch = torch.utils.data.default_collate([ds[i] for i in range(3)])
     seen = []
     forward = model.reference_net.forward
-    monkeypatch.setattr(model.reference_net, "forward", lambda ref, motion: seen.append(motion) or forward(ref, motion))
+    monkeypatch.setattr(model.reference_net, "forward", lambda ref, mf: seen.append(mf) or forward(ref, mf))
 
     def run(noise):
         cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, p_drop_motion_frames=0,
@@ -211,7 +211,7 @@ def test_own_history_runs_under_bf16_autocast(data, monkeypatch):
     batch = torch.utils.data.default_collate([it for it in (ds[i] for i in range(40)) if it["has_prev"] == 1][:2])
     seen = []
     forward = model.reference_net.forward
-    monkeypatch.setattr(model.reference_net, "forward", lambda ref, motion: seen.append(motion) or forward(ref, motion))
+    monkeypatch.setattr(model.reference_net, "forward", lambda ref, mf: seen.append(mf) or forward(ref, mf))
     cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, self_history_prob=1.0,
                       p_drop_motion_frames=0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -324,7 +324,8 @@ def test_export_then_generate(data, tmp_path):
     result = run_training(base_config(data, tmp_path / "run", max_train_steps=1, checkpointing_steps=1), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "model.safetensors"
-    assert export([str(tmp_path / "run"), "--out", str(out), "--dtype", "fp16", "--audio-encoder-from", str(init)]) == 0
+    args = [str(tmp_path / "run"), "--out", str(out), "--dtype", "fp16", "--audio-encoder-from", str(init)]
+    assert export(args) == 0
     wav = tmp_path / "a.wav"
     save_wav(wav, (0.2 * np.sin(np.linspace(0, 300, 8000))).astype(np.float32), 16000)
     from PIL import Image

@@ -85,7 +85,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown trainable component(s) {unknown}; choose from {list(COMPONENTS)}")
         if self.timestep_sampling not in ("uniform", "high_noise_mix"):
-            raise ValueError(f"timestep_sampling must be 'uniform' or 'high_noise_mix', got {self.timestep_sampling!r}")
+            raise ValueError(
+                f"timestep_sampling must be 'uniform' or 'high_noise_mix', got {self.timestep_sampling!r}"
+            )
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         total = self.p_drop_ref + self.p_drop_audio + self.p_drop_both

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 def read_index(data_dir: str | Path) -> dict:
     path = Path(data_dir) / "index.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no index.json in {str(Path(data_dir).resolve())!r}; run `python -m training.preprocess`")
+        where = str(Path(data_dir).resolve())
+        raise FileNotFoundError(f"no index.json in {where!r}; run `python -m training.preprocess`")
     index = json.loads(path.read_text())
     if not index.get("videos"):
         raise ValueError(f"{path} lists no videos")
@@ -107,7 +108,8 @@ class ShardDataset(torch.utils.data.Dataset):
         item["mouth"] = data["mouth"][start : start + F].float()
         if self.stage == 2:
             item["motion"] = self._motion_frames(latents, start, ref)
-            item["motion_stats"] = motion_statistics(data["head"][start : start + F], data["expression"][start : start + F])
+            clip = slice(start, start + F)
+            item["motion_stats"] = motion_statistics(data["head"][clip], data["expression"][clip])
             if self.previous_clip:
                 item.update(self._previous_clip(data, start, T, ref, item))
         else:

@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--audio-encoder-from", help="embed the audio encoder of this Loopy checkpoint")
     args = p.parse_args(argv)
     try:
-        path = export(args.run_dir, args.out, args.checkpoint, args.ema, args.dtype, args.card, args.audio_encoder_from)
+        path = export(args.run_dir, args.out, args.checkpoint, args.ema, args.dtype, args.card,
+                      args.audio_encoder_from)
     except (FileNotFoundError, ValueError) as e:
         print(f"export: error: {e}", file=sys.stderr)
         return 2
