@@ -103,12 +103,12 @@ class ShardDataset(torch.utils.data.Dataset):
             ref_index += F
         latents = data["latents"]
         ref = latents[ref_index].float()
-        item = {"target": latents[start : start + F].float().permute(1, 0, 2, 3).contiguous(), "ref": ref}
+        clip = slice(start, start + F)
+        item = {"target": latents[clip].float().permute(1, 0, 2, 3).contiguous(), "ref": ref}
         item["audio"] = self._audio_windows(data["audio"], start, T)  # [F, 2w+1, L, D]
-        item["mouth"] = data["mouth"][start : start + F].float()
+        item["mouth"] = data["mouth"][clip].float()
         if self.stage == 2:
             item["motion"] = self._motion_frames(latents, start, ref)
-            clip = slice(start, start + F)
             item["motion_stats"] = motion_statistics(data["head"][clip], data["expression"][clip])
             if self.previous_clip:
                 item.update(self._previous_clip(data, start, T, ref, item))

@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
         model.denoiser.gradient_checkpointing = True
         model.reference_net.gradient_checkpointing = True
     params = [p for p in model.parameters() if p.requires_grad]
-    # foreach: a few multi-tensor kernels a step on a GPU instead of three per parameter tensor (1,234 in the demo)
+    # foreach: one multi-tensor update a step, not a Python loop of small ops over every parameter tensor
     ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.use_ema else None
 
     # 3. data, optimizer, schedule
