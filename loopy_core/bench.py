@@ -238,7 +238,7 @@ def bench_vs_diffusers(config: LoopyConfig, device, dtype, repeats: int = 5) -> 
     ours = ours.to(device=device, dtype=dtype).eval()
     theirs = theirs.to(device=device, dtype=dtype).eval()
     x = torch.randn(1, u.in_channels, F, s, s, device=device, dtype=dtype)
-    tokens = torch.randn(1, F, config.a2l.num_tokens, u.cross_attention_dim, device=device, dtype=dtype)
+    tokens = torch.randn(1, F, config.num_motion_tokens, u.cross_attention_dim, device=device, dtype=dtype)
     t = torch.tensor([500], device=device)
     with torch.no_grad():
         ref_net_feats = _fake_reference(ours, config, device, dtype)

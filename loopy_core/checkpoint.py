@@ -159,15 +159,31 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     base: str | os.PathLike | None = None,
+    config_changes: dict | None = None,
 ):
     """Rebuild the `LoopyModel` stored at `path`. A checkpoint saved without its VAE needs `base` (an SD1.5
-    diffusers folder or single file) to supply it."""
+    diffusers folder or single file) to supply it.
+
+    `config_changes` (`LoopyConfig.replace` arguments, e.g. `{"a2l": {"keep_level": True}}`) builds the model with
+    a changed config: tensors of parts the change adds keep their initialisation, tensors of parts it removes are
+    dropped, and both are logged by name; shapes that no longer fit are still an error."""
     from .models.loopy import LoopyModel
 
     config = read_config(path)
     with safe_open(str(path), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("audio_encoder.")}
+    if config_changes:
+        config = config.replace(**config_changes)
     model = LoopyModel(config)
+    if config_changes:
+        own = model.state_dict()
+        added = [k for k in own if k not in state and not k.startswith("vae.")]
+        dropped = [k for k in state if k not in own]
+        state = {k: v for k, v in state.items() if k in own}
+        state.update({k: own[k] for k in added})
+        logger.info("config changes %s: %d new tensors initialised (%s), %d dropped (%s)", config_changes,
+                    len(added), _describe_keys(added, 4) if added else "-", len(dropped),
+                    _describe_keys(dropped, 4) if dropped else "-")
     has_vae = any(k.startswith("vae.") for k in state)
     needs_vae = any(k.startswith("vae.") for k in model.state_dict())
     if needs_vae and not has_vae:

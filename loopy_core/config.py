@@ -89,6 +89,10 @@ class TemporalConfig:
     intra_max_positions: int = 32  # sinusoidal table length of mm_sd_v15_v2
     inter_max_positions: int = 32  # learnable embeddings over [motion frames ; clip] (paper: 20 + 12)
     zero_initialize: bool = True
+    # ablation switches (paper Table 3): without the inter-clip layer the motion frames reach no temporal layer;
+    # without the intra-clip layer the inter-clip layer is the single temporal layer over [motion frames ; clip]
+    inter_clip: bool = True
+    intra_clip: bool = True
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,12 @@ class A2LConfig:
     p_audio_motion: float = 0.3
     p_motion_only: float = 0.2
     add_to_timestep: bool = False  # also add the pooled tokens to each frame's timestep embedding (zero-init)
+    # the audio features' per-frame level (mean and spread before the input LayerNorm, which removes them; for
+    # log-mel features the mean is the loudness) added to each audio token through a zero-initialised projection
+    keep_level: bool = False
+    # ablation (paper Table 3): no query tokens; the projected condition tokens themselves ([null ; audio window ;
+    # motion statistics], absent ones replaced by the null token) go to cross-attention. num_tokens is then unused
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,13 @@ class LoopyConfig:
     @property
     def latent_channels(self) -> int:
         return self.vae.latent_channels_for(3)
+
+    @property
+    def num_motion_tokens(self) -> int:
+        """N: the motion tokens per frame that cross-attention sees."""
+        if self.a2l.direct:
+            return 1 + (2 * self.audio.window + 1) + self.a2l.num_motion_stats
+        return self.a2l.num_tokens
 
     @property
     def num_motion_frames(self) -> int:

@@ -586,6 +586,10 @@ def apply_animatediff(
     mm_sd = _strip_module_prefix(mm_sd)
     intra = model.denoiser.intra_clip
     inter = model.denoiser.inter_clip
+    if intra is None or (also_inter_clip and inter is None):
+        which = "intra-clip" if intra is None else "inter-clip"
+        raise ValueError(f"this model's config switches the {which} layers off (temporal.{which.replace('-', '_')}"
+                         " = false): there is nothing to load the motion module into")
 
     # 1. drop the fixed sinusoid tables (ours are the same formula, non-persistent)
     tables = {k: v for k, v in mm_sd.items() if k.endswith(MOTION_POSITION_SUFFIXES)}

@@ -299,3 +299,66 @@ def test_reference_keys_values_once_per_reference_and_projected_once_per_clip(mo
     with pytest.raises(ValueError, match="can't be split over 2 references"):
         bad = {k: (torch.cat([kv[0]] * 2), torch.cat([kv[1]] * 2)) for k, kv in ref_kv.items()}
         model.denoiser(inp["sample"][:, :, :3], 500, tokens[:, :3], None, None, ref_kv=bad)
+
+
+@torch.no_grad()
+def test_ablation_switches_remove_their_module_and_keep_the_rest_working():
+    """The paper's Table 3 rows as config changes: each builds, runs a clip, and removes exactly its part."""
+    from training.ablation import ROWS
+
+    full = LoopyModel(LoopyConfig.tiny())
+    for row, changes in ROWS.items():
+        torch.manual_seed(0)
+        cfg = LoopyConfig.tiny().replace(**changes)
+        model = LoopyModel(cfg).eval()
+        perturb_(model, seed=3)
+        inp = clip_inputs(model)
+        ref_tokens, feats = model.reference_net(inp["ref"], model.tsm(inp["history"], inp["ref"]))
+        assert next(iter(feats.values())).shape[0] == cfg.num_motion_frames
+        tokens, no_audio = model.motion_tokens(inp["audio"])
+        assert tokens.shape == (1, F, cfg.num_motion_tokens, cfg.unet.cross_attention_dim)
+        out = model.denoiser(inp["sample"], 500, tokens, ref_tokens, feats)
+        assert out.shape == inp["sample"].shape and torch.isfinite(out).all(), row
+        counts, base = model.parameter_counts(), full.parameter_counts()
+        assert (counts["inter_clip"] == 0) == (row == "no_inter_clip")
+        assert (counts["intra_clip"] == 0) == (row == "single_temporal")
+        assert (counts["audio_to_latents"] < base["audio_to_latents"]) == (row == "audio_cross_attention")
+        if row == "no_inter_clip":  # the motion frames then reach nothing
+            _, other = model.reference_net(None, model.tsm(-inp["history"], inp["ref"]))
+            torch.testing.assert_close(model.denoiser(inp["sample"], 500, tokens, ref_tokens, other), out)
+    assert LoopyConfig.tiny().replace(**ROWS["no_tsm"]).num_motion_frames == 4
+    assert LoopyConfig.tiny().replace(**ROWS["r1"]).history_frames == 20
+
+
+@torch.no_grad()
+def test_direct_audio_tokens_are_the_condition_tokens_and_ignore_absent_audio():
+    torch.manual_seed(0)
+    a2l = LoopyModel(LoopyConfig.tiny().replace(a2l={"direct": True})).audio_to_latents
+    assert a2l.queries is None and len(a2l.blocks) == 0
+    audio = torch.randn(2, F, 5, 2, 32)
+    off = torch.tensor([False, False])
+    tokens = a2l(audio)
+    assert tokens.shape == (2, F, 1 + 5 + 2, 32)
+    torch.testing.assert_close(a2l(audio, off), a2l(torch.randn(2, F, 5, 2, 32), off))
+    assert (tokens - a2l(torch.randn(2, F, 5, 2, 32))).abs().max() > 1e-3  # present audio is read
+
+
+def test_keep_level_restores_the_loudness_the_input_layernorm_removes():
+    """LayerNorm maps features x and 2x + 1 to the same tokens: the level (the loudness, for log-mel) is lost.
+    `keep_level` adds it back through a zero-initialised path: no change at first, a difference once trained."""
+    torch.manual_seed(0)
+    plain = LoopyModel(LoopyConfig.tiny()).audio_to_latents.eval()
+    torch.manual_seed(0)
+    leveled = LoopyModel(LoopyConfig.tiny().replace(a2l={"keep_level": True})).audio_to_latents.eval()
+    leveled.load_state_dict(plain.state_dict(), strict=False)
+    audio = torch.randn(1, F, 5, 2, 32)
+    louder = audio * 2.0 + 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(plain(audio), plain(louder), atol=1e-4, rtol=0)  # the level is gone
+        torch.testing.assert_close(leveled(louder), plain(louder))  # zero-init: unchanged until trained
+    loss = leveled(louder).square().mean() + leveled(audio).mean()
+    loss.backward()
+    assert leveled.level_proj[2].weight.grad.abs().sum() > 0  # the new path learns
+    with torch.no_grad():
+        leveled.level_proj[2].weight.normal_()
+        assert (leveled(audio) - leveled(louder)).abs().max() > 1e-2

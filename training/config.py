@@ -25,6 +25,9 @@ STAGE_DEFAULTS = {
 class TrainConfig:
     # what and where
     model: str = ""  # starting Loopy checkpoint (.safetensors) from `loopy init` or an earlier stage
+    # changes to the starting checkpoint's model config (`LoopyConfig.replace` form, e.g. {a2l: {keep_level: true}}):
+    # parts the change adds start from their initialisation, parts it removes are dropped (ablations, new paths)
+    model_changes: dict[str, Any] = field(default_factory=dict)
     data: str = ""  # DATA_DIR written by `python -m training.preprocess`
     output_dir: str = "runs/loopy"
     stage: int = 2
@@ -97,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"motion_noise_max must be >= 0 (0 = off), got {self.motion_noise_max}")
         if not 0 <= self.self_history_prob <= 1:
             raise ValueError(f"self_history_prob must be in [0, 1] (0 = off), got {self.self_history_prob}")
+        if not isinstance(self.model_changes, dict):
+            raise ValueError(f"model_changes must be a mapping of config sections, got {self.model_changes!r}")
         if self.self_history_prob > 0 and self.stage != 2:
             raise ValueError("self_history_prob needs stage 2 (stage 1 has no motion frames); set it to 0")
 

@@ -37,7 +37,7 @@ def trainable_modules(model: LoopyModel, names: list[str]) -> list[nn.Module]:
         "intra_clip": [den.intra_clip],
         "audio_to_latents": audio_path,
     }
-    return [m for name in names for m in mapping[name]]
+    return [m for name in names for m in mapping[name] if m is not None]  # a switched-off layer trains nothing
 
 
 def mouth_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

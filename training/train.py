@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     set_seed(cfg.seed)
     if not cfg.model:
         raise ValueError("no starting model: set `model:` to a Loopy checkpoint from `loopy init`")
-    model = load_checkpoint(cfg.model)
+    model = load_checkpoint(cfg.model, config_changes=cfg.model_changes or None)
 
     # 2. what trains: explicit modules, never name substrings
     model.requires_grad_(False)

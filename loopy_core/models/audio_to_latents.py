@@ -12,6 +12,12 @@ well-defined output: that output is the "no audio" condition the guidance's unco
 audio + motion, motion only), inference uses audio only, or audio + user-given motion statistics as a control of
 motion intensity. wav2vec2's L layers are mixed by learned softmax weights before projection.
 *Reconstructed*: token count, depth, the layer mix and the null token.
+
+Options: `keep_level` adds each audio window's level (the mean and spread of its features before the input
+LayerNorm, which removes them; for log-mel features the mean is the loudness, the strongest cue of mouth opening)
+through a zero-initialised projection, so switching it on leaves a trained model's output unchanged until it trains.
+`direct` (the paper's "A2L replaced by cross-attention" ablation) drops the query tokens: the output is the
+condition tokens themselves, absent ones replaced by the null token, `[B, F, 1 + (2w+1) + S, width]`.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ class AudioToLatents(ModelMixin, ConfigMixin):
         depth: int = 2,
         num_heads: int = 8,
         num_motion_stats: int = 2,
+        keep_level: bool = False,
+        direct: bool = False,
     ):
         super().__init__()
         self.layer_logits = nn.Parameter(torch.zeros(num_layers))
@@ -63,11 +71,16 @@ class AudioToLatents(ModelMixin, ConfigMixin):
             nn.LayerNorm(feature_dim), nn.Linear(feature_dim, width), nn.GELU(), nn.Linear(width, width)
         )
         self.window_embed = nn.Parameter(torch.randn(2 * window + 1, width) * 0.02)
+        self.level_proj = None
+        if keep_level:
+            self.level_proj = nn.Sequential(nn.Linear(2, width), nn.GELU(), nn.Linear(width, width))
+            nn.init.zeros_(self.level_proj[2].weight)
+            nn.init.zeros_(self.level_proj[2].bias)
         self.motion_proj = nn.Sequential(nn.Linear(1, width), nn.GELU(), nn.Linear(width, width))
         self.motion_embed = nn.Parameter(torch.randn(num_motion_stats, width) * 0.02)
         self.null_token = nn.Parameter(torch.randn(1, width) * 0.02)
-        self.queries = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
-        self.blocks = nn.ModuleList([A2LBlock(width, num_heads) for _ in range(depth)])
+        self.queries = None if direct else nn.Parameter(torch.randn(num_tokens, width) * 0.02)
+        self.blocks = nn.ModuleList([] if direct else [A2LBlock(width, num_heads) for _ in range(depth)])
         self.norm_out = nn.LayerNorm(width)
 
     def forward(
@@ -98,7 +111,11 @@ class AudioToLatents(ModelMixin, ConfigMixin):
             audio_mask = torch.ones(B, dtype=torch.bool, device=device)
         # 1. audio tokens: mix layers, project, mark the window position -> [B, F, W, width]
         mix = self.layer_logits.softmax(0).to(audio_feats.dtype)
-        audio = self.audio_proj(torch.einsum("bfwld,l->bfwd", audio_feats, mix)) + self.window_embed
+        mixed = torch.einsum("bfwld,l->bfwd", audio_feats, mix)
+        audio = self.audio_proj(mixed) + self.window_embed
+        if self.level_proj is not None:
+            level = torch.stack([mixed.mean(-1), mixed.std(-1, unbiased=False)], dim=-1)  # [B, F, W, 2]
+            audio = audio + self.level_proj(level)
         # 2. motion-statistic tokens -> [B, F, S, width]
         S = cfg.num_motion_stats
         if motion_stats is None:
@@ -121,6 +138,9 @@ class AudioToLatents(ModelMixin, ConfigMixin):
             dim=1,
         )
         absent = absent.repeat_interleave(F, dim=0)  # [(B F), 1 + W + S]
+        if cfg.direct:
+            tokens = torch.where(absent[..., None], null.reshape(B * F, 1, cfg.width), kv)
+            return rearrange(self.norm_out(tokens), "(b f) n d -> b f n d", b=B)
         # 4. queries attend -> [B, F, N, width]
         q = self.queries.to(audio.dtype).expand(B * F, -1, -1)
         for block in self.blocks:

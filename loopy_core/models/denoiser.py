@@ -47,8 +47,10 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
         temporal_cfg = TemporalConfig(**_tuples(temporal_config))
         self.unet = build_unet(unet_cfg)
         self.attn1_names = install_processors(self.unet, "read")
-        self.inter_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=True)
-        self.intra_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=False)
+        # either layer can be switched off (the paper's ablations); None then
+        on = temporal_cfg.inter_clip, temporal_cfg.intra_clip
+        self.inter_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=True) if on[0] else None
+        self.intra_clip = TemporalLayers(unet_cfg, temporal_cfg, learned_positions=False) if on[1] else None
         # optional second audio path: pooled motion tokens -> timestep embedding (zero-init: no effect until trained)
         self.token_to_timestep = None
         if tokens_to_timestep:
@@ -103,9 +105,12 @@ class LoopyDenoiser(ModelMixin, ConfigMixin):
         def temporal(part, i, j, hidden):
             if not use_temporal:
                 return hidden
-            feats = motion_feats.get((part, i, j)) if motion_feats else None
-            hidden = self.inter_clip.get(part, i, j)(hidden, F, context=feats)
-            return self.intra_clip.get(part, i, j)(hidden, F)
+            if self.inter_clip is not None:
+                feats = motion_feats.get((part, i, j)) if motion_feats else None
+                hidden = self.inter_clip.get(part, i, j)(hidden, F, context=feats)
+            if self.intra_clip is not None:
+                hidden = self.intra_clip.get(part, i, j)(hidden, F)
+            return hidden
 
         emb_offset = None
         if self.token_to_timestep is not None:

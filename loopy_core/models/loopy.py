@@ -33,6 +33,8 @@ def a2l_kwargs(config: LoopyConfig) -> dict:
         depth=q.depth,
         num_heads=q.num_heads,
         num_motion_stats=q.num_motion_stats,
+        keep_level=q.keep_level,
+        direct=q.direct,
     )
 
 
@@ -59,8 +61,8 @@ class LoopyModel(nn.Module):
         return {
             "reference_net": count(self.reference_net),
             "denoiser_spatial": count(self.denoiser.unet),
-            "inter_clip": count(self.denoiser.inter_clip),
-            "intra_clip": count(self.denoiser.intra_clip),
+            "inter_clip": count(self.denoiser.inter_clip) if self.denoiser.inter_clip is not None else 0,
+            "intra_clip": count(self.denoiser.intra_clip) if self.denoiser.intra_clip is not None else 0,
             "audio_to_latents": count(self.audio_to_latents),
             "vae": count(self.vae),
         }
