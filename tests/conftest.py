@@ -19,3 +19,27 @@ def tiny_config():
     from loopy_core.config import LoopyConfig
 
     return LoopyConfig.tiny()
+
+
+def tiny_world(root, videos: int, seconds: float, seed: int):
+    """`videos` synthetic videos in `root/videos`, a tiny checkpoint with its wav2vec2 embedded, and the shards
+    `training.preprocess` makes of them in `root/shards`. Returns the checkpoint's path."""
+    from loopy_core.audio import tiny_wav2vec2
+    from loopy_core.checkpoint import save_checkpoint
+    from loopy_core.config import LoopyConfig
+    from loopy_core.models import LoopyModel
+    from loopy_core.synthetic.dataset import write_dataset
+    from training.preprocess import main as preprocess
+
+    write_dataset(root / "videos", videos=videos, seconds=seconds, size=64, seed=seed)
+    torch.manual_seed(0)
+    cfg = LoopyConfig.tiny()
+    ckpt = save_checkpoint(LoopyModel(cfg), root / "tiny.safetensors", audio_encoder=tiny_wav2vec2(cfg.audio))
+    assert preprocess(["--videos", str(root / "videos"), "--out", str(root / "shards"), "--model", str(ckpt)]) == 0
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def make_tiny_world():
+    """`tiny_world` as a fixture (test files do not import conftest)."""
+    return tiny_world

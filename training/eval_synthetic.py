@@ -87,6 +87,7 @@ def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, mo
             "sync_relative": gen["sync"]["relative"],
             "sync_swapped_audio": swapped["sync"]["score"],
             "motion_amplitude_ratio": gen["motion"]["amplitude_ratio"],
+            "motion_period_error": gen["motion"].get("period_error"),  # |period - truth's| / truth's
             "frozen_head": gen["motion"]["frozen_head"],
             "drift_face": gen["identity_drift"]["face_max"],
             "drift_face_ground_truth": gt["identity_drift"]["face_max"],
@@ -96,7 +97,7 @@ def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, mo
             "seam_jitter_ground_truth": gt["seam_jitter"].get("ratio"),
             "smoothness": gen["smoothness"].get("score"),
         })
-    numeric = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    numeric = [k for k in rows[0] if any(isinstance(r[k], (int, float)) and not isinstance(r[k], bool) for r in rows)]
     means = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in numeric}
     means["frozen_head"] = float(np.mean([r["frozen_head"] for r in rows]))
     return {"model": str(model_path), "videos": str(videos_dir), "sampling": sampling, "motion_stats": motion_stats,
