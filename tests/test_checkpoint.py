@@ -138,3 +138,21 @@ def test_unknown_config_field_is_named():
         LoopyConfig.tiny().replace(a2l={"width": 48})
     with pytest.raises(ValueError, match="Unknown config preset"):
         LoopyConfig.preset("sdxl")
+
+
+def test_config_changes_add_and_drop_parts_by_name(saved, caplog):
+    _, path = saved
+    plain = load_checkpoint(path)
+    with caplog.at_level("INFO", logger="loopy_core.checkpoint"):
+        grown = load_checkpoint(path, config_changes={"a2l": {"keep_level": True}, "temporal": {"intra_clip": False}})
+    assert grown.config.a2l.keep_level and not grown.config.temporal.intra_clip
+    assert grown.denoiser.intra_clip is None and grown.audio_to_latents.level_proj is not None
+    assert "4 new tensors initialised" in caplog.text and "dropped (denoiser.intra_clip." in caplog.text
+    state = grown.state_dict()
+    for key, value in plain.state_dict().items():  # every kept tensor is the file's
+        if not key.startswith("denoiser.intra_clip."):
+            assert torch.equal(state[key], value), key
+    audio = torch.randn(1, 12, 5, 2, 32)
+    torch.testing.assert_close(grown.audio_to_latents(audio), plain.audio_to_latents(audio))  # zero-init path
+    with pytest.raises(ValueError, match="shape mismatches"):  # a change that reshapes kept tensors still fails
+        load_checkpoint(path, config_changes={"a2l": {"num_tokens": 5}})
