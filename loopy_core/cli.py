@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-COMMANDS = ("init", "inspect", "generate", "demo", "synth", "eval", "bench")
+COMMANDS = ("init", "inspect", "generate", "batch", "demo", "synth", "eval", "bench", "comfyui_queue")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,9 @@ class TSMConfig:
     pad: str = "reference"  # frames missing at video start: "reference" | "first" | "zeros"
 
 
+RANDOM_AUDIO_ENCODER = "tiny-wav2vec2"
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """Audio features per video frame, +-window frames each. `kind="wav2vec2"` (the paper): all transformer layers
@@ -114,7 +117,9 @@ class AudioConfig:
     `feature_dim` bins as a single "layer" (small models trained from scratch, like the demo)."""
 
     kind: str = "wav2vec2"  # "wav2vec2" | "logmel"
-    encoder: str = "wav2vec2-base-960h"  # folder name looked up under the audio-encoder directories
+    # folder name looked up under the audio-encoder directories; RANDOM_AUDIO_ENCODER: a randomly initialised
+    # wav2vec2 of this size that `loopy init` embeds (models trained from scratch learn their features along)
+    encoder: str = "wav2vec2-base-960h"
     sample_rate: int = 16_000
     num_layers: int = 12  # L: hidden states of every transformer layer
     feature_dim: int = 768  # D
@@ -282,7 +287,7 @@ class LoopyConfig:
             ),
             vae=VAEConfig(block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8),
             temporal=TemporalConfig(num_attention_heads=4),
-            audio=AudioConfig(encoder="tiny-wav2vec2", num_layers=2, feature_dim=32),
+            audio=AudioConfig(encoder=RANDOM_AUDIO_ENCODER, num_layers=2, feature_dim=32),
             a2l=A2LConfig(num_tokens=4, width=32, depth=1, num_heads=4),
         )
 

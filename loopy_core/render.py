@@ -61,7 +61,8 @@ def load_audio_encoder(config, checkpoint=None, path=None, device="cpu", dtype=t
     raise FileNotFoundError(
         f"No audio encoder found: this model uses {config.audio.encoder!r} (a transformers wav2vec2 folder); looked in "
         + ", ".join(str(p) for p in candidates)
-        + ". Pass --audio-encoder DIR or set LOOPY_AUDIO_ENCODER_DIR."
+        + ". Pass --audio-encoder DIR or set LOOPY_AUDIO_ENCODER_DIR, or embed it in the checkpoint "
+        "(`loopy init --audio-encoder DIR`)."
     )
 
 
@@ -104,12 +105,13 @@ def render_video(
     cancel: Callable[[], bool] | None = None,
     fps: float | None = None,
     crop: str = "none",
+    desc: str = "loopy",
 ) -> dict:
     """Generate the video for `image` + `waveform` and write it, with the input audio, to `out` (H.264 + AAC).
 
     `crop="auto"`: detect the face, generate on a square crop around it and paste every clip back into the original
     image (the video then has the image's size, rounded down to even width and height); `"none"`: the centre square
-    at the model's resolution."""
+    at the model's resolution. `desc` labels the progress bar."""
     from tqdm import tqdm
 
     from .image import prepare_reference, to_rgb_float
@@ -149,7 +151,7 @@ def render_video(
     clips = math.ceil(audio.num_frames / pipeline.config.frames_per_clip)
     # 3. stream the clips
     steps = options.steps or pipeline.config.guidance.steps
-    bar = tqdm(total=clips * steps, unit="step", disable=not progress, desc="loopy")
+    bar = tqdm(total=clips * steps, unit="step", disable=not progress, desc=desc)
 
     def on_step(info: dict) -> None:
         bar.set_postfix_str(f"clip {info['clip'] + 1}/{info['clips']}")

@@ -3,8 +3,9 @@
 - `load_pack()`: the repo root imported by file path under the hyphenated name `comfyui-loopy` (once per process).
 - `make_model_files(root)`: a models folder with tiny Loopy checkpoints, a tiny single-file SD1.5 base and a tiny
   wav2vec2 folder, under the names the shipped workflows use.
-- `to_api(workflow, defs)`: a UI workflow (version 0.4) -> the API prompt `/prompt` executes, the way the frontend's
-  `graphToPrompt` does it, from node definitions in `/object_info` form (`object_info_of` makes them from classes).
+- `to_api(workflow, defs)` (from `loopy_core.comfy_queue`): a UI workflow (version 0.4) -> the API prompt `/prompt`
+  executes, the way the frontend's `graphToPrompt` does it, from node definitions in `/object_info` form
+  (`object_info_of` makes them from classes).
 - `BUILTINS`: stand-ins for the ComfyUI built-in nodes the workflows use, with the same inputs and outputs as the
   real ones (ComfyUI 0.3.64; the integration test compares them with a running ComfyUI's `/object_info`).
 - `run_api(prompt, classes)`: execute a prompt with the node classes, in dependency order.
@@ -20,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# the UI -> API conversion ships in loopy_core (for `loopy comfyui-queue`); the tests take it from here
+from loopy_core.comfy_queue import FRONTEND_ONLY, input_kind, is_widget, to_api, widget_values  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "comfyui-loopy"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-FRONTEND_ONLY = {"Note", "MarkdownNote"}  # virtual nodes of the frontend: never sent to the server
 
 # names the shipped workflows use (tests create tiny files under these names)
 DEMO_MODEL = "demo/loopy_demo.safetensors"
@@ -193,63 +195,6 @@ def object_info_of(classes: dict[str, type]) -> dict:
             "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
         }
     return info
-
-
-def input_kind(spec) -> str:
-    """The socket/widget type of one input definition: a type name, or COMBO for a list of options."""
-    kind = spec[0]
-    return "COMBO" if isinstance(kind, list) else kind
-
-
-def is_widget(spec) -> bool:
-    options = spec[1] if len(spec) > 1 else {}
-    return input_kind(spec) in WIDGET_TYPES and not options.get("forceInput")
-
-
-def widget_inputs(node_def: dict) -> list[tuple[str, list]]:
-    """The widget inputs of a node definition, in widget order (required, then optional)."""
-    out = []
-    for section in ("required", "optional"):
-        order = node_def.get("input_order", {}).get(section) or list(node_def["input"].get(section, {}))
-        for name in order:
-            spec = node_def["input"][section][name]
-            if is_widget(spec):
-                out.append((name, spec))
-    return out
-
-
-def widget_values(node: dict, node_def: dict) -> dict:
-    """Map a UI node's positional `widgets_values` to input names; skips the frontend's extra values (the
-    `control_after_generate` value after a seed; upload widgets come last and are ignored)."""
-    values = list(node.get("widgets_values") or [])
-    named, i = {}, 0
-    for name, spec in widget_inputs(node_def):
-        if i >= len(values):
-            break
-        named[name] = values[i]
-        i += 1
-        options = spec[1] if len(spec) > 1 else {}
-        if options.get("control_after_generate"):
-            i += 1
-    return named
-
-
-def to_api(workflow: dict, defs: dict) -> dict:
-    """UI workflow -> API prompt `{id: {"class_type", "inputs"}}` (muted/bypassed and frontend-only nodes are left
-    out)."""
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        if node.get("mode", 0) != 0 or node["type"] in FRONTEND_ONLY:
-            continue
-        node_def = defs[node["type"]]
-        inputs = widget_values(node, node_def)
-        for slot in node.get("inputs", []):
-            if slot.get("link") is not None:
-                _, origin, origin_slot, *_ = links[slot["link"]]
-                inputs[slot["name"]] = [str(origin), origin_slot]
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
 
 
 def run_api(prompt: dict, classes: dict[str, type]) -> dict:

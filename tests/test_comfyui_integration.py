@@ -18,12 +18,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from loopy_core.comfy_queue import ComfyClient, queue_folder
 
 
 def _helper(name: str):
@@ -47,43 +47,24 @@ START_TIMEOUT = 300
 RUN_TIMEOUT = 600
 
 
-class Server:
+class Server(ComfyClient):
+    """The shipped HTTP client (`loopy_core.comfy_queue`) on the ComfyUI this module starts."""
+
     def __init__(self, url: str, base: Path, proc: subprocess.Popen, log: Path):
-        self.url, self.base, self.proc, self.log = url, base, proc, log
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, payload: dict):
-        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"POST {path} -> {e.code}: {e.read().decode()[:2000]}") from e
-        return json.loads(body) if body else None
+        super().__init__(url)
+        self.base, self.proc, self.log = base, proc, log
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
-    def submit(self, prompt: dict, workflow: dict | None = None) -> str:
-        extra = {"extra_pnginfo": {"workflow": workflow}} if workflow else {}
-        reply = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4()), "extra_data": extra})
-        assert not reply.get("node_errors"), reply
-        return reply["prompt_id"]
+    def check_alive(self) -> None:
+        assert self.proc.poll() is None, f"ComfyUI exited:\n{self.log_tail()}"
 
     def wait(self, prompt_id: str, timeout: float = RUN_TIMEOUT) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                if history[prompt_id]["status"]["status_str"] in ("success", "error"):
-                    return history[prompt_id]
-            assert self.proc.poll() is None, f"ComfyUI exited:\n{self.log_tail()}"
-            time.sleep(0.5)
-        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.log_tail()}")
+        try:
+            return super().wait(prompt_id, timeout)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}:\n{self.log_tail()}") from None
 
 
 def _free_port() -> int:
@@ -115,7 +96,7 @@ def server(tmp_path_factory):
             try:
                 srv.get("/system_stats")
                 break
-            except (urllib.error.URLError, ConnectionError, OSError):
+            except (ConnectionError, OSError):
                 assert time.monotonic() < deadline, f"ComfyUI did not start:\n{srv.log_tail()}"
                 time.sleep(1)
         text = log.read_text(errors="replace")
@@ -255,3 +236,26 @@ CHECK_JS = """async (workflow) => {
   const prompt = (await app.graphToPrompt()).output;
   return {missing_types, broken_links, nodes: nodes.length, links: links.filter(Boolean).length, prompt};
 }"""
+
+
+def test_a_folder_queued_through_the_http_api_makes_one_video_per_pair(server, tmp_path):
+    """`loopy comfyui-queue`'s library: the shipped demo workflow, one prompt per portrait + speech pair."""
+    from PIL import Image
+
+    from loopy_core.video import read_video, save_wav
+
+    folder = tmp_path / "portraits"
+    folder.mkdir()
+    lengths = {"alice": 0.6, "bob": 1.0}
+    for i, (name, seconds) in enumerate(lengths.items()):
+        rng = np.random.default_rng(i)
+        Image.fromarray((rng.random((80, 72, 3)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+        save_wav(folder / f"{name}.wav", cg.speech(seconds, seed=i), 16000)
+    jobs = queue_folder(folder, server, overrides={"LoopyLongVideo": {"steps": STEPS}}, wait=True)
+    assert [Path(job["image"]).stem for job in jobs] == ["alice", "bob"]
+    for job, seconds in zip(jobs, lengths.values()):
+        assert job["status"] == "success", job
+        (saved,) = job["outputs"]
+        assert saved["subfolder"] == "loopy_queue" and saved["filename"].startswith(Path(job["image"]).stem)
+        video = read_video(server.base / "output" / saved["subfolder"] / saved["filename"])
+        assert video.frames.shape[0] == round(seconds * 25)

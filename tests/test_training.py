@@ -324,7 +324,7 @@ def test_export_then_generate(data, tmp_path):
     result = run_training(base_config(data, tmp_path / "run", max_train_steps=1, checkpointing_steps=1), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "model.safetensors"
-    args = [str(tmp_path / "run"), "--out", str(out), "--dtype", "fp16", "--audio-encoder-from", str(init)]
+    args = [str(tmp_path / "run"), "--out", str(out), "--dtype", "fp16"]  # the run carries the audio encoder
     assert export(args) == 0
     wav = tmp_path / "a.wav"
     save_wav(wav, (0.2 * np.sin(np.linspace(0, 300, 8000))).astype(np.float32), 16000)

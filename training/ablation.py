@@ -181,11 +181,9 @@ class Ablation:
             return json.loads((cell / "result.json").read_text())
         start = time.perf_counter()
         run = self.train(row, seed, cell)
-        from loopy_core.checkpoint import load_checkpoint, read_metadata
+        from loopy_core.checkpoint import load_checkpoint
 
-        init = self.init_checkpoint(seed)
-        encoder_from = init if "audio_encoder_config" in read_metadata(init) else None
-        model_path = export(run, cell / "model.safetensors", ema=True, audio_encoder_from=encoder_from)
+        model_path = export(run, cell / "model.safetensors", ema=True)  # the init's audio encoder rides along
 
         model = load_checkpoint(model_path)
         batch = held_out_batch(self.args.held_out, model.config, self.args.probe_clips, seed=0)

@@ -4,7 +4,8 @@
         [--dtype fp16] [--card MODEL_CARD.md] [--audio-encoder-from CKPT]
 
 Each `checkpoint-N/` already holds `loopy.safetensors` (and `loopy_ema.safetensors` with EMA); export picks one,
-casts it and adds the model card to its metadata. The file is written atomically.
+casts it and adds the model card to its metadata; the audio encoder embedded in the run's checkpoint (carried from
+the starting model) stays embedded. The file is written atomically.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def export(run_dir, out, checkpoint="latest", ema=False, dtype="fp32", card=None
     metadata["exported_from"] = f"{run_dir.name}/{folder.name}"
     if card:
         metadata["model_card"] = Path(card).read_text()
-    encoder = load_embedded_audio_encoder(audio_encoder_from) if audio_encoder_from else None
+    encoder = load_embedded_audio_encoder(audio_encoder_from or source)  # the run's own unless another is named
     return save_checkpoint(model, out, dtype=DTYPES[dtype], metadata=metadata, audio_encoder=encoder)
 
 
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--ema", action="store_true", help="export the EMA weights")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--card", help="a model card (markdown) to embed in the metadata")
-    p.add_argument("--audio-encoder-from", help="embed the audio encoder of this Loopy checkpoint")
+    p.add_argument("--audio-encoder-from", help="embed the audio encoder of this Loopy checkpoint (default: the one "
+                   "embedded in the run's checkpoint, if any)")
     args = p.parse_args(argv)
     try:
         path = export(args.run_dir, args.out, args.checkpoint, args.ema, args.dtype, args.card,

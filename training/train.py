@@ -55,8 +55,11 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 131 + micro) * 1031 + rank)
 
 
-def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, limit: int) -> Path:
-    """accelerate state + `loopy.safetensors`, written to a temp folder and renamed; old ones pruned."""
+def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, limit: int, audio_encoder=None) -> Path:
+    """accelerate state + `loopy.safetensors`, written to a temp folder and renamed; old ones pruned.
+
+    `audio_encoder` (the starting model's embedded one, frozen) is embedded again, so each checkpoint generates
+    on its own."""
     from loopy_core.checkpoint import save_checkpoint
 
     final = run_dir / f"checkpoint-{step}"
@@ -67,12 +70,14 @@ def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, l
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(objective).model
-        save_checkpoint(model, tmp / "loopy.safetensors", metadata={"training_step": str(step)})
+        save_checkpoint(model, tmp / "loopy.safetensors", metadata={"training_step": str(step)},
+                        audio_encoder=audio_encoder)
         if ema is not None:
             params = [p for p in model.parameters() if p.requires_grad]
             ema.store(params)
             ema.copy_to(params)
-            save_checkpoint(model, tmp / "loopy_ema.safetensors", metadata={"training_step": str(step), "ema": "1"})
+            save_checkpoint(model, tmp / "loopy_ema.safetensors", metadata={"training_step": str(step), "ema": "1"},
+                            audio_encoder=audio_encoder)
             ema.restore(params)
         if final.exists():
             shutil.rmtree(final)
@@ -84,8 +89,9 @@ def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, l
 
 
 @torch.no_grad()
-def validate(model, data_dir: Path, cfg: TrainConfig, step: int, run_dir: Path) -> dict:
-    """Render a short video of the first training video's voice and reference with the shared pipeline."""
+def validate(model, data_dir: Path, cfg: TrainConfig, step: int, run_dir: Path, audio_encoder=None) -> dict:
+    """Render a short video of the first training video's voice and reference with the shared pipeline
+    (`audio_encoder`: the starting model's embedded wav2vec2; None for log-mel models)."""
     from safetensors import safe_open
 
     from loopy_core.image import to_image_tensor
@@ -105,7 +111,7 @@ def validate(model, data_dir: Path, cfg: TrainConfig, step: int, run_dir: Path) 
     try:
         device = next(model.parameters()).device
         image = to_image_tensor(model.vae.decode(ref_latent.to(device)))[0]
-        pipe = LoopyPipeline(model, None)
+        pipe = LoopyPipeline(model, None if audio_encoder is None else audio_encoder.to(device))
         audio = pipe.encode_audio(wave.numpy(), sr)
         frames = pipe(image, audio, GenerationOptions(steps=cfg.validation_steps_per_clip, seed=cfg.seed))
     finally:
@@ -156,7 +162,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from loopy_core.checkpoint import load_checkpoint
+    from loopy_core.checkpoint import load_checkpoint, load_embedded_audio_encoder
 
     from .data import EpochSampler, ShardDataset
     from .objective import LoopyObjective, trainable_modules
@@ -182,6 +188,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     if not cfg.model:
         raise ValueError("no starting model: set `model:` to a Loopy checkpoint from `loopy init`")
     model = load_checkpoint(cfg.model, config_changes=cfg.model_changes or None)
+    audio_encoder = load_embedded_audio_encoder(cfg.model)  # frozen; carried into every checkpoint, used by validation
 
     # 2. what trains: explicit modules, never name substrings
     model.requires_grad_(False)
@@ -299,10 +306,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
             # 7. checkpoints and validation
             if global_step % cfg.checkpointing_steps == 0 or global_step == last_step:
                 path = save_checkpoint_dir(accelerator, objective, ema, run_dir, global_step,
-                                           cfg.checkpoints_total_limit)
+                                           cfg.checkpoints_total_limit, audio_encoder)
                 logger.info("saved %s", path)
             if cfg.validation_steps and global_step % cfg.validation_steps == 0 and accelerator.is_main_process:
-                result = validate(accelerator.unwrap_model(objective).model, Path(cfg.data), cfg, global_step, run_dir)
+                result = validate(accelerator.unwrap_model(objective).model, Path(cfg.data), cfg, global_step, run_dir,
+                                  audio_encoder)
                 accelerator.log({k: v for k, v in result.items() if isinstance(v, (int, float))}, step=global_step)
                 if log_file:
                     log_file.write(json.dumps({"step": global_step, **result}) + "\n")
