@@ -16,7 +16,8 @@ Per depth (every cross-attention `attn2` of the denoiser, where the motion token
 path where the model has one), at each noise level:
 
 - `reach`: |attn2 output(true) - attn2 output(no audio)| / |attn2 input| on the mouth tokens: how strongly the audio
-  writes into the residual stream there;
+  writes into the residual stream there (for the timestep path: |change of its offset| / |its pooled-token input|,
+  over all frames);
 - `knockout`: the mouth-region x0 change when that block alone gets the no-audio output, as a share of the change
   when every block does (`change_none`): which blocks the audio that reaches the pixels goes through.
 
