@@ -15,6 +15,7 @@ from loopy_core.eval import (
     evaluate_video,
     format_report,
     identity_drift,
+    identity_fidelity,
     measure_faces,
     motion_smoothness,
     seam_jitter,
@@ -185,14 +186,65 @@ def test_identity_drift_is_zero_for_the_same_face_and_grows_with_change(talking)
     assert drift["background_max"] < 0.01
 
 
+def test_identity_fidelity_tells_the_same_face_from_another(talking):
+    """The talking truth keeps its portrait's face box (~20+ dB at 16x16); the other identity's video does not."""
+    sample, other = talking
+    same = identity_fidelity(sample.frames, sample.reference, FPS)
+    wrong = identity_fidelity(other.frames, sample.reference, FPS)
+    assert same["box"] == wrong["box"] and same["box_source"] in ("detected", "silhouette")
+    x, y, w, h = same["box"]
+    assert 0.3 * 64 < w < 64 and 0.3 * 64 < h < 64  # the head, not the whole frame
+    assert len(same["seconds"]) == 10 and [r["start_s"] for r in same["seconds"]][:2] == [0.0, 1.0]
+    assert same["psnr16_min"] > 20 and wrong["psnr16_mean"] < same["psnr16_min"] - 6
+    assert same["ssim_mean"] > wrong["ssim_mean"] + 0.2
+    assert same["psnr16_mean"] == pytest.approx(10 * np.log10(1 / same["mse16_mean"]))
+    still = identity_fidelity(sample.reference[None].repeat(5, 1, 1, 1), sample.reference, FPS)
+    assert still["psnr16_mean"] == 100.0 and still["ssim_mean"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_identity_fidelity_curve_follows_a_face_turning_into_another(talking):
+    """Second by second the portrait's face fades into another identity's: the curve falls every second."""
+    sample, other = talking
+    mix = torch.linspace(0, 1, 5).repeat_interleave(FPS)[:, None, None, None]
+    frames = (1 - mix) * sample.reference[None] + mix * other.reference[None]
+    curve = [r["psnr16"] for r in identity_fidelity(frames, sample.reference, FPS)["seconds"]]
+    assert len(curve) == 5 and all(a > b for a, b in zip(curve, curve[1:])) and curve[-1] < 15
+
+
+def test_identity_fidelity_on_a_real_photo():
+    """On a photo: OpenCV's face box; a 3% shift keeps >= 20 dB, the synthetic cartoon face pasted into the box
+    (the failure users saw) falls far below it; a given box and a stretched reference are handled."""
+    skimage = pytest.importorskip("skimage")
+    from loopy_core.synthetic import neutral_face
+
+    photo = torch.from_numpy(skimage.data.astronaut().astype(np.float32) / 255)
+    video = photo[None].repeat(3, 1, 1, 1)
+    exact = identity_fidelity(video, photo, FPS)
+    assert exact["box_source"] == "detected" and exact["psnr16_mean"] == 100.0
+    x, y, w, h = exact["box"]
+    shifted = identity_fidelity(video.roll(max(1, round(0.03 * w)), dims=2), photo, FPS)
+    assert 20 <= shifted["psnr16_mean"] < 100
+    cartoon = video.clone()
+    face = neutral_face(make_sample(4, 1.0, 64).identity, h)
+    cartoon[:, y : y + h, x : x + w] = torch.nn.functional.interpolate(
+        face.permute(2, 0, 1)[None], size=(h, w), mode="bilinear").permute(0, 2, 3, 1)
+    lost = identity_fidelity(cartoon, photo, FPS)
+    assert lost["psnr16_last"] < 16 and lost["ssim_last"] < shifted["ssim_last"] - 0.3
+    given = identity_fidelity(video, photo, FPS, box=(0, 0, 64, 64))
+    assert given["box"] == [0, 0, 64, 64] and given["box_source"] == "given"
+    square = identity_fidelity(video[:, :, :400], photo, FPS)  # a 400x512 video against the 512x512 photo
+    assert square["available"] and square["box"][2] <= 400
+
+
 # --- evaluate_video and the CLI -----------------------------------------------------------------------------------
 def test_evaluate_video_without_truth_runs_the_generic_metrics(talking):
     sample = talking[0]
     result = evaluate_video((sample.frames * 255).to(torch.uint8).numpy(), FPS, sample.audio, SR, sample.reference)
     for section in ("sync", "motion"):
         assert result[section]["available"] is False and "ground-truth" in result[section]["reason"]
-    for section in ("identity_drift", "seam_jitter", "smoothness"):
+    for section in ("identity_drift", "identity_fidelity", "seam_jitter", "smoothness"):
         assert result[section]["available"] is True
+    assert len(result["identity_fidelity"]["seconds"]) == 10
     assert result["video"] == {"frames": 250, "fps": 25.0, "seconds": 10.0, "height": 64, "width": 64}
     json.dumps(result)  # JSON-ready
     report = format_report(result)

@@ -39,12 +39,19 @@ def test_report_rows_and_sampling_options(setup, monkeypatch, capsys):
     report = json.loads(out.read_text())
     assert [r["id"] for r in report["rows"]] == ["000000", "000001"] and report["motion_stats"] == "truth"
     assert all(r["seconds"] == 1.0 and -1.0 <= r["sync"] <= 1.0 for r in report["rows"])
-    assert set(report["mean"]) >= {"sync", "motion_amplitude_ratio", "drift_face", "seam_jitter"}
+    assert set(report["mean"]) >= {"sync", "motion_amplitude_ratio", "drift_face", "seam_jitter", "identity_psnr16",
+                                   "identity_error_ratio", "identity_error_ratio_last"}
+    for r in report["rows"]:  # a random tiny model's face is not its portrait's; the truth's is
+        assert len(r["identity_psnr16_curve"]) == len(r["identity_psnr16_curve_ground_truth"]) == 1
+        assert r["identity_psnr16_ground_truth"] > 20 > r["identity_psnr16"] and r["identity_error_ratio"] > 10
+        assert r["identity_psnr16_curve"][0] == pytest.approx(r["identity_psnr16"])
+    assert [s for s, _ in report["identity_psnr16_curve"]["generated"]] == [0]
     assert [o.scheduler for o in seen] == ["dpmpp_2m"] * 2 and seen[0].guidance_interval == (0.0, 0.5)
     truth = json.loads((root / "videos" / "000000.json").read_text())
     expected = truth_motion_statistics(truth, 25, 25.0, 12)
     assert torch.equal(seen[0].motion_stats, expected) and not torch.equal(seen[0].motion_stats, seen[1].motion_stats)
-    assert "mean" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "identity: face-box 16x16 PSNR" in printed
 
 
 def test_truth_statistics_need_one_clip(setup):

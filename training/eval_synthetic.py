@@ -6,8 +6,11 @@
 For every test video: generate from its neutral portrait and its speech with the shared pipeline, then measure
 from pixels: lip sync against the speech (and the ground-truth video's score as the ceiling), the same sync
 against another video's speech (the swapped-audio control, ~0 when the model really follows the audio), head-motion
-amplitude against the ground truth, identity drift against the ground-truth video's own drift, seam jitter and
-smoothness. Prints a table and the means; `--json` keeps every number.
+amplitude against the ground truth, identity drift against the ground-truth video's own drift, identity fidelity
+(face-box 16x16 PSNR and SSIM against the portrait, per second; `identity_error_ratio` is the generated video's
+16x16 error over the ground truth's: how much more than talking itself the face departs from the portrait), seam
+jitter and smoothness. Prints a table, the means and the identity curve; `--json` keeps every number (and each
+video's per-second curves).
 """
 
 from __future__ import annotations
@@ -41,6 +44,32 @@ def truth_motion_statistics(truth: dict, num_frames: int, fps: float, clip_frame
     if not stats:
         raise ValueError(f"--motion-stats truth needs at least {clip_frames} frames, got {num_frames}")
     return torch.stack(stats).median(dim=0).values
+
+
+def identity_row(gen: dict, truth: dict) -> dict:
+    """The identity-fidelity numbers of one video: the generated face box's PSNR/SSIM, the truth's, their error
+    ratio (whole video and last second) and both per-second PSNR curves."""
+    return {
+        "identity_psnr16": gen["psnr16_mean"],
+        "identity_psnr16_last": gen["psnr16_last"],
+        "identity_psnr16_ground_truth": truth["psnr16_mean"],
+        "identity_ssim": gen["ssim_mean"],
+        "identity_ssim_ground_truth": truth["ssim_mean"],
+        "identity_error_ratio": gen["mse16_mean"] / max(truth["mse16_mean"], 1e-10),
+        "identity_error_ratio_last": gen["mse16_last"] / max(truth["mse16_last"], 1e-10),
+        "identity_psnr16_curve": [r["psnr16"] for r in gen["seconds"]],
+        "identity_psnr16_curve_ground_truth": [r["psnr16"] for r in truth["seconds"]],
+    }
+
+
+def mean_curve(rows: list[dict], key: str, every: int) -> list[tuple[int, float]]:
+    """`(start second, mean over videos and seconds)` of a per-second curve, every `every` seconds."""
+    length = max(len(r[key]) for r in rows)
+    out = []
+    for s in range(0, length, every):
+        values = [v for r in rows for v in r[key][s : s + every]]
+        out.append((s, float(np.mean(values))))
+    return out
 
 
 def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, motion_stats=None,
@@ -93,6 +122,7 @@ def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, mo
             "drift_face_ground_truth": gt["identity_drift"]["face_max"],
             "drift_background": gen["identity_drift"]["background_max"],
             "drift_background_ground_truth": gt["identity_drift"]["background_max"],
+            **identity_row(gen["identity_fidelity"], gt["identity_fidelity"]),
             "seam_jitter": gen["seam_jitter"]["ratio"] if "ratio" in gen["seam_jitter"] else gen["seam_jitter"],
             "seam_jitter_ground_truth": gt["seam_jitter"].get("ratio"),
             "smoothness": gen["smoothness"].get("score"),
@@ -100,8 +130,10 @@ def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, mo
     numeric = [k for k in rows[0] if any(isinstance(r[k], (int, float)) and not isinstance(r[k], bool) for r in rows)]
     means = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in numeric}
     means["frozen_head"] = float(np.mean([r["frozen_head"] for r in rows]))
+    curve = {"generated": mean_curve(rows, "identity_psnr16_curve", 1),
+             "ground_truth": mean_curve(rows, "identity_psnr16_curve_ground_truth", 1)}
     return {"model": str(model_path), "videos": str(videos_dir), "sampling": sampling, "motion_stats": motion_stats,
-            "rows": rows, "mean": means}
+            "rows": rows, "mean": means, "identity_psnr16_curve": curve}
 
 
 def main(argv=None) -> int:
@@ -127,11 +159,17 @@ def main(argv=None) -> int:
                       ref_guidance_scale=args.ref_guidance, guidance_interval=parse_interval(args.guidance_interval),
                       motion_stats=args.motion_stats)
     keys = ["sync", "sync_ceiling", "sync_relative", "sync_swapped_audio", "motion_amplitude_ratio",
-            "drift_face", "drift_face_ground_truth", "seam_jitter", "seam_jitter_ground_truth", "generation_s"]
+            "drift_face", "drift_face_ground_truth", "identity_psnr16", "identity_error_ratio", "seam_jitter",
+            "seam_jitter_ground_truth", "generation_s"]
     print("id      " + " ".join(f"{k[:14]:>14}" for k in keys))
     for row in report["rows"]:
         print(f"{row['id']:<8}" + " ".join(f"{row[k]:>14.3f}" if row[k] is not None else f"{'-':>14}" for k in keys))
     print("mean    " + " ".join(f"{report['mean'][k]:>14.3f}" for k in keys))
+    every = max(1, len(report["identity_psnr16_curve"]["generated"]) // 6)
+    print(f"identity: face-box 16x16 PSNR (dB) per {every} s, generated / ground truth (mean of the videos)")
+    gen = mean_curve(report["rows"], "identity_psnr16_curve", every)
+    gt = mean_curve(report["rows"], "identity_psnr16_curve_ground_truth", every)
+    print("  " + "  ".join(f"{s}s {a:.1f}/{b:.1f}" for (s, a), (_, b) in zip(gen, gt)))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

@@ -14,6 +14,7 @@ from .metrics import (
     evaluate_video,
     format_report,
     identity_drift,
+    identity_fidelity,
     motion_smoothness,
     seam_jitter,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "evaluate_video",
     "format_report",
     "identity_drift",
+    "identity_fidelity",
     "measure_faces",
     "motion_smoothness",
     "seam_jitter",

@@ -15,6 +15,13 @@ Generic metrics (any video):
   reference image: background colour and face colour (RGB distance, 0..1 units, from the border median and the
   median head colour) and head shape (mean |log ratio| of the silhouette's area and principal extents). Reported
   per window, as the maximum, and as a slope per window.
+- **identity_fidelity**: whether the face in the video is the face in the reference, per second, on the reference's
+  face box (OpenCV's detector on photos; the head's silhouette on synthetic-world portraits; else the centre square):
+  `psnr16`, the PSNR (dB) of the box shrunk to 16x16 against the reference's (low-frequency appearance: colours,
+  hair, ground; a photo shifted by 3% of the box keeps ~20+ dB), and `ssim`, the structural similarity of the box's
+  grey levels at 32x32. The curve over the whole video is kept (`seconds`) beside first/last/mean values. A ground
+  truth's own curve against the same reference (`error_ratio` in `training.eval_synthetic`) says how much of the
+  change a talking face makes anyway.
 
 World-specific metrics (videos of `loopy_core.synthetic`, need its ground-truth JSON):
 - **sync**: correlation of the measured mouth opening with the speech envelope of the given audio at the best lag
@@ -206,6 +213,93 @@ def identity_drift(frames: Any, reference: Any, fps: float, window_seconds: floa
     return result
 
 
+def reference_face_box(reference: torch.Tensor) -> tuple[tuple[int, int, int, int], str]:
+    """`(x, y, w, h)` of the face in `reference` `[1, H, W, 3]` and how it was found: "detected" (OpenCV), "silhouette"
+    (the foreground against the border colour: the synthetic world's head) or "centre" (the middle half)."""
+    from ..face import detect_face
+
+    _, h, w, _ = reference.shape
+    box = detect_face(reference[0])
+    if box is not None:
+        return box, "detected"
+    _, fg = skin_colour(reference, border_colour(reference))
+    ys, xs = torch.nonzero(fg[0], as_tuple=True)
+    if len(ys) > 0.02 * h * w and len(ys) < 0.9 * h * w:
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        return (x0, y0, x1 - x0, y1 - y0), "silhouette"
+    return (w // 4, h // 4, w // 2, h // 2), "centre"
+
+
+@torch.no_grad()
+def _box_scores(frames: torch.Tensor, ref_box: torch.Tensor, box, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: 16x16 mean squared error and 32x32 grey SSIM of the box against the reference's box."""
+    from kornia.color import rgb_to_grayscale
+    from kornia.metrics import ssim
+
+    x, y, w, h = box
+
+    def shrink(v, size):
+        return F.interpolate(v, size=(size, size), mode="area")
+
+    ref = ref_box.permute(0, 3, 1, 2)
+    ref16, ref32 = shrink(ref, 16), rgb_to_grayscale(shrink(ref, 32))
+    mse, sim = [], []
+    for s in range(0, frames.shape[0], chunk):
+        v = as_float_frames(frames[s : s + chunk])[:, y : y + h, x : x + w].permute(0, 3, 1, 2)
+        mse.append(((shrink(v, 16) - ref16) ** 2).mean((1, 2, 3)))
+        sim.append(ssim(rgb_to_grayscale(shrink(v, 32)), ref32.expand(v.shape[0], -1, -1, -1), 7).mean((1, 2, 3)))
+    return torch.cat(mse).double().numpy(), torch.cat(sim).double().numpy()
+
+
+def psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error on 0..1 pixels (capped at 100 dB for identical images)."""
+    return float(min(100.0, 10.0 * math.log10(1.0 / max(mse, 1e-10))))
+
+
+def identity_fidelity(frames: Any, reference: Any, fps: float, box=None, window_seconds: float = 1.0) -> dict:
+    """Face-box PSNR (16x16) and SSIM (32x32 grey) against the reference, per window of `window_seconds` (module
+    docstring). `box` `(x, y, w, h)` in the frames' pixels overrides the box found in the reference."""
+    frames = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.require(frames, requirements="CW"))
+    height, width = frames.shape[1], frames.shape[2]
+    ref_image = as_float_frames(reference)[:1]
+    aspect = (ref_image.shape[2] / ref_image.shape[1]) / (width / height)
+    if abs(math.log(aspect)) > 0.02:
+        logger.warning("the reference is %dx%d but the video %dx%d: comparing a stretched reference; pass the "
+                       "image the video was made from (or its crop)", ref_image.shape[2], ref_image.shape[1],
+                       width, height)
+    ref = _resize_image(ref_image, height, width)
+    source = "given"
+    if box is None:
+        box, source = reference_face_box(ref)
+    x, y, w, h = (int(v) for v in box)
+    x, y = max(0, min(x, width - 1)), max(0, min(y, height - 1))
+    w, h = max(1, min(w, width - x)), max(1, min(h, height - y))
+    mse, sim = _box_scores(frames, ref[:, y : y + h, x : x + w], (x, y, w, h))
+    per_window = max(1, int(round(window_seconds * fps)))
+    seconds = []
+    for s in range(0, frames.shape[0], per_window):
+        sl = slice(s, min(frames.shape[0], s + per_window))
+        m = float(mse[sl].mean())
+        seconds.append({"start_s": s / fps, "mse16": m, "psnr16": psnr(m), "ssim": float(sim[sl].mean())})
+    psnrs = np.array([r["psnr16"] for r in seconds])
+    return {
+        "available": True,
+        "box": [x, y, w, h],
+        "box_source": source,
+        "window_seconds": window_seconds,
+        "seconds": seconds,
+        "psnr16_first": seconds[0]["psnr16"],
+        "psnr16_last": seconds[-1]["psnr16"],
+        "psnr16_mean": psnr(float(mse.mean())),
+        "psnr16_min": float(psnrs.min()),
+        "ssim_first": seconds[0]["ssim"],
+        "ssim_last": seconds[-1]["ssim"],
+        "ssim_mean": float(sim.mean()),
+        "mse16_mean": float(mse.mean()),
+        "mse16_last": seconds[-1]["mse16"],
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # world-specific metrics
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,6 +364,7 @@ def evaluate_video(
     truth: dict | None = None,
     clip_length: int = 12,
     max_lag: int = 2,
+    face_box=None,
 ) -> dict:
     """All metrics for one video.
 
@@ -282,8 +377,10 @@ def evaluate_video(
         truth: ground truth of a synthetic-world video (`make_sample(...).truth` or its JSON), or None.
         clip_length: frames per generated clip, for seam jitter (12 in Loopy).
         max_lag: sync searches lags in [-max_lag, max_lag] frames.
+        face_box: `(x, y, w, h)` in the frames' pixels for identity fidelity (default: found in the reference).
     Returns:
-        JSON-ready dict with sections video, sync, motion, identity_drift, seam_jitter, smoothness.
+        JSON-ready dict with sections video, sync, motion, identity_drift, identity_fidelity, seam_jitter,
+        smoothness.
     """
     # 1. inputs
     if not isinstance(frames, torch.Tensor):
@@ -324,9 +421,11 @@ def evaluate_video(
         result["motion"]["valid_frames"] = float(measured.valid.mean())
     # 3. generic: drift, seams, smoothness
     if reference is None:
-        result["identity_drift"] = {"available": False, "reason": "needs a reference image"}
+        for section in ("identity_drift", "identity_fidelity"):
+            result[section] = {"available": False, "reason": "needs a reference image"}
     else:
         result["identity_drift"] = identity_drift(frames, reference, fps)
+        result["identity_fidelity"] = identity_fidelity(frames, reference, fps, box=face_box)
     changes = _frame_changes(frames)
     result["seam_jitter"] = seam_jitter(frames, clip_length, changes=changes[0])
     result["smoothness"] = motion_smoothness(frames, changes=changes)
@@ -348,11 +447,11 @@ def format_report(result: dict) -> str:
         f"video: {video['frames']} frames, {video['fps']:.3g} fps, {video['seconds']:.2f} s, "
         f"{video['width']}x{video['height']}"
     ]
-    for section in ("sync", "motion", "identity_drift", "seam_jitter", "smoothness"):
+    for section in ("sync", "motion", "identity_drift", "identity_fidelity", "seam_jitter", "smoothness"):
         data = result.get(section, {})
         if not data.get("available"):
             lines.append(f"{section}: n/a ({data.get('reason', 'not computed')})")
             continue
-        items = [f"{k}={_fmt(v)}" for k, v in data.items() if k not in ("available", "windows")]
+        items = [f"{k}={_fmt(v)}" for k, v in data.items() if k not in ("available", "windows", "seconds")]
         lines.append(f"{section}: " + ", ".join(items))
     return "\n".join(lines)
