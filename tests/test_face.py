@@ -279,7 +279,8 @@ def test_crop_flag_defaults():
     base = ["--image", "a.png", "--audio", "a.wav", "--out", "o.mp4", "--model", "m.safetensors"]
     assert parse["generate"].parse_args(base).crop == "auto"
     assert parse["generate"].parse_args(base + ["--crop", "none"]).crop == "none"
-    assert parse["demo"].parse_args([]).crop == "none" and parse["demo"].parse_args(["--crop", "auto"]).crop == "auto"
+    assert parse["demo"].parse_args([]).crop is None  # demo picks: auto for --image, none for its portrait
+    assert parse["demo"].parse_args(["--crop", "none"]).crop == "none"
     with pytest.raises(SystemExit):
         parse["generate"].parse_args(base + ["--crop", "face"])
 
