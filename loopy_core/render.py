@@ -172,5 +172,5 @@ def render_video(
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    return {"path": str(out), "frames": audio.num_frames, "fps": fps, "seconds": audio.duration_s, "elapsed_s": elapsed,
-            "crop": info}
+    return {"path": str(out), "frames": audio.num_frames, "fps": fps, "seconds": audio.duration_s,
+            "elapsed_s": elapsed, "crop": info}

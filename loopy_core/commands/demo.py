@@ -53,7 +53,7 @@ def run(args) -> int:
     crop = args.crop or ("auto" if args.image else "none")
     result = render_video(pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds,
                           not args.quiet, fps=args.fps, crop=crop)
-    report_crop(result, args.image)
+    report_crop(result, args.image or "the bundled portrait")
     print(f"wrote {Path(result['path']).resolve()}: {result['frames']} frames at {result['fps']:g} fps "
           f"({result['seconds']:.1f} s of speech) in {result['elapsed_s']:.1f} s")
     # lip sync read back from the video's pixels, in the animated square (the synthetic world's estimator:
