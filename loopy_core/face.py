@@ -1,5 +1,5 @@
 """Face crop and paste-back: find the face in any photo, crop a square around it with margin for head motion, and
-paste animated crops back with a feathered seam.
+paste animated crops back with a colour-matched, feathered seam (`paste_back`; `seam_step` measures the seam).
 
 The detector is OpenCV's Haar cascade `haarcascade_frontalface_default.xml`, which ships inside the
 `opencv-python-headless` 4.x wheel (`cv2.data.haarcascades`; OpenCV 5 dropped it): nothing is downloaded. cv2 is imported lazily; without it
@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 CASCADE = "haarcascade_frontalface_default.xml"
 DETECT_MAX_SIDE = 640  # images are shrunk to this for detection (speed); boxes are scaled back
+FEATHER = 0.15  # default seam ramp, a fraction of the crop side: wide enough that a slight colour misfit fades out
+MATCH_BAND = 0.08  # colour matching looks at a band at least this wide (of the side), even for a narrower feather
+MATCH_SIGMA = 0.05  # low-pass of the colour offset field, a fraction of the side (about 3 px of a 64-px model)
+MATCH_GRID = 64  # the offset field is estimated on this coarse grid (it is smooth) and upsampled
+GAIN_RANGE = (0.5, 2.0)  # per-channel colour gain limits: the band is a hint, not a proof
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def crop(image: Any, info: CropInfo, size: int) -> torch.Tensor:
     return _resize(square[None], int(size))[0].contiguous()
 
 
-def feather_mask(info: CropInfo, feather: float = 0.08) -> torch.Tensor:
+def feather_mask(info: CropInfo, feather: float = FEATHER) -> torch.Tensor:
     """`[side, side]` blend weights: 1 inside, a smooth ramp down to ~0 over `feather * side` pixels at the crop's
     edges that lie inside the image (edges on the image border are not feathered)."""
     if not (0.0 <= feather <= 0.5):
@@ -191,20 +196,144 @@ def feather_mask(info: CropInfo, feather: float = 0.08) -> torch.Tensor:
     return my[:, None] * mx[None, :]
 
 
-def paste_back(original: Any, frames: Any, info: CropInfo, feather: float = 0.08) -> torch.Tensor:
-    """Paste animated crops `frames` (`[T, S, S, 3]`) into `original` (`[H, W, 3]`) at `info`, with a feathered
-    seam; returns `[T, H, W, 3]` float32 0..1 (on the frames' device)."""
+@dataclass(frozen=True)
+class ColourMatch:
+    """A colour correction for one video's animated crops, estimated once (see `colour_match`): each crop becomes
+    `gain * crop + offset`, with `gain` `[3]` per channel and `offset` a smooth `[side, side, 3]` field."""
+
+    gain: torch.Tensor
+    offset: torch.Tensor
+
+    def apply(self, patch: torch.Tensor) -> torch.Tensor:
+        """`[T, side, side, 3]` crops at the paste size -> colour-matched crops, clamped to 0..1."""
+        return (patch * self.gain.to(patch) + self.offset.to(patch)).clamp(0, 1)
+
+
+def _frames(frames: Any) -> torch.Tensor:
     f = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.require(frames, requirements="CW"))
     if f.ndim == 3:
         f = f[None]
     if f.ndim != 4 or f.shape[-1] != 3 or f.shape[1] != f.shape[2]:
         raise ValueError(f"frames must be square [T, S, S, 3], got shape {tuple(f.shape)}")
-    f = f.float()
+    return f.float()
+
+
+def _normalised_blur(x: torch.Tensor, weight: torch.Tensor, sigma: float, floor: float = 0.1) -> torch.Tensor:
+    """`blur(weight * x) / max(blur(weight), floor)` for `x` `[C, G, G]` and `weight` `[G, G]` in 0..1 (Gaussian,
+    kornia): a smooth field that follows `x` where the weight is (normalised convolution) and fades to 0 away from
+    it (where the blurred weight drops below `floor`)."""
+    from kornia.filters import gaussian_blur2d
+
+    k = 2 * int(3 * sigma) + 1
+    num = gaussian_blur2d((x * weight)[None], (k, k), (sigma, sigma), border_type="replicate")[0]
+    den = gaussian_blur2d(weight[None, None], (k, k), (sigma, sigma), border_type="replicate")[0]
+    return num / den.clamp_min(floor)
+
+
+def colour_match(original: Any, frames: Any, info: CropInfo, feather: float = FEATHER) -> ColourMatch:
+    """Estimate how to move animated crops `frames` (`[T, S, S, 3]`) to the photo's colour at the seam.
+
+    The evidence is the feather band (the ring of the crop that is blended with the photo, at least `MATCH_BAND` of
+    the side wide) of the frames' mean: (1) a per-channel gain, the photo's mean over the crops' mean on the band
+    (exposure and white balance; clamped to `GAIN_RANGE`); (2) an offset field: the band's remaining difference,
+    low-passed (Gaussian of `MATCH_SIGMA` of the side) and spread over the whole crop by normalised convolution, so
+    the colour near each edge moves to the photo's there and the interior's moves toward the edges' average.
+
+    One estimate per video, not per frame: the band is mostly background, hair and shoulders, which hold still,
+    while the head moves and the model's colour wanders a little from clip to clip; a per-frame estimate would make
+    the whole crop pulse. `render_video` estimates on the first clip and reuses it; Loopy Paste Back estimates on
+    all the frames it is given. Edges on the image border are not blended and give no evidence; a crop with none
+    left (the centre square of a square photo) gets the identity.
+    """
+    f = _frames(frames)
+    base = _as_hwc(original, "original image").to(f.device)
+    _check_matches(info, base.shape[0], base.shape[1])
+    side = info.side
+    region = base[info.top : info.top + side, info.left : info.left + side].permute(2, 0, 1)  # [3, S, S]
+    patch = _resize(f.mean(0, keepdim=True), side)[0].permute(2, 0, 1)  # [3, S, S], the frames' mean
+    band = 1.0 - feather_mask(info, max(feather, MATCH_BAND)).to(f.device)  # [S, S]: 1 at the blended edges
+    if float(band.sum()) < 1.0:
+        return ColourMatch(torch.ones(3, device=f.device), torch.zeros(side, side, 3, device=f.device))
+    # 1. gain: the band's mean colour, photo over crops
+    w = band / band.sum()
+    gain = ((region * w).sum((1, 2)) / (patch * w).sum((1, 2)).clamp_min(1e-3)).clamp(*GAIN_RANGE)
+    # 2. offset: the band's remaining difference on a coarse grid (it is low-frequency), spread inwards
+    grid = min(side, MATCH_GRID)
+
+    def coarse(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x[None], size=(grid, grid), mode="area")[0]
+
+    diff = coarse(region - gain[:, None, None] * patch)  # [3, G, G]
+    weight = coarse(band[None])[0]
+    mean = (diff * weight).sum((1, 2), keepdim=True) / weight.sum()  # ~0 unless the gain was clamped
+    offset = mean + _normalised_blur(diff - mean, weight, max(MATCH_SIGMA * grid, 1.0))
+    offset = F.interpolate(offset[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+    return ColourMatch(gain, offset.permute(1, 2, 0).contiguous())
+
+
+def paste_back(
+    original: Any, frames: Any, info: CropInfo, feather: float = FEATHER, match: bool | ColourMatch = True
+) -> torch.Tensor:
+    """Paste animated crops `frames` (`[T, S, S, 3]`) into `original` (`[H, W, 3]`) at `info`, with a feathered
+    seam; returns `[T, H, W, 3]` float32 0..1 (on the frames' device). Pixels outside the crop are the original's.
+
+    `match`: True estimates a `colour_match` on these frames; a `ColourMatch` is reused as it is (one estimate for a
+    video that arrives clip by clip, so the colour does not jump between clips); False pastes the crops' colours."""
+    f = _frames(frames)
     base = _as_hwc(original, "original image").to(f.device)
     _check_matches(info, base.shape[0], base.shape[1])
     mask = feather_mask(info, feather).to(f.device)[None, :, :, None]
     patch = _resize(f, info.side)
+    if match is True:
+        match = colour_match(base, f, info, feather)
+    if isinstance(match, ColourMatch):
+        if tuple(match.offset.shape) != (info.side, info.side, 3):
+            raise ValueError(f"this colour match is for a {match.offset.shape[0]}-px crop, but the crop is "
+                             f"{info.side} px")
+        patch = match.apply(patch)
     out = base[None].repeat(f.shape[0], 1, 1, 1)
     region = out[:, info.top : info.top + info.side, info.left : info.left + info.side]
     out[:, info.top : info.top + info.side, info.left : info.left + info.side] = torch.lerp(region, patch, mask)
     return out.clamp(0, 1)
+
+
+def seam_step(video: Any, original: Any, info: CropInfo, width: int | None = None) -> float:
+    """The edge a paste adds at the crop's border, in 0..1 pixel units: 0 for none; a bit under half the colour
+    difference for an un-matched crop with the default rings (the inside ring is then the blend ramp, half crop on
+    average, less at the corners).
+
+    Along each crop edge that lies inside the image, per pixel of the edge: the mean of the `width` pixels just inside
+    minus the mean of the `width` just outside (default: the default feather's ramp), less the same difference in
+    `original`; the absolute value averaged over edges, positions, channels and the frames of `video` (`[T, H, W, 3]`
+    pastes into `original`)."""
+    base = _as_hwc(original, "original image")
+    v = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.require(video, requirements="CW"))
+    v = (v[None] if v.ndim == 3 else v).float().to(base.device)
+    if v.ndim != 4 or tuple(v.shape[1:]) != tuple(base.shape):
+        raise ValueError(f"video must be [T, {base.shape[0]}, {base.shape[1]}, 3] like the original, got "
+                         f"{tuple(v.shape)}")
+    _check_matches(info, base.shape[0], base.shape[1])
+    top, left, side, height, width_px = info.top, info.left, info.side, info.height, info.width
+    w = max(1, round(FEATHER * side)) if width is None else int(width)
+    if not 1 <= w <= side:
+        raise ValueError(f"width must be 1..{side} pixels (the crop side), got {width!r}")
+    rows, cols = slice(top, top + side), slice(left, left + side)
+
+    def across(img: torch.Tensor) -> list[torch.Tensor]:  # img [..., H, W, 3] -> inside - outside, per edge
+        d = []
+        if left > 0:
+            k = min(w, left)
+            d.append(img[..., rows, left : left + k, :].mean(-2) - img[..., rows, left - k : left, :].mean(-2))
+        if left + side < width_px:
+            k, r = min(w, width_px - left - side), left + side
+            d.append(img[..., rows, r - k : r, :].mean(-2) - img[..., rows, r : r + k, :].mean(-2))
+        if top > 0:
+            k = min(w, top)
+            d.append(img[..., top : top + k, cols, :].mean(-3) - img[..., top - k : top, cols, :].mean(-3))
+        if top + side < height:
+            k, b = min(w, height - top - side), top + side
+            d.append(img[..., b - k : b, cols, :].mean(-3) - img[..., b : b + k, cols, :].mean(-3))
+        return d
+
+    steps = [(dv - dp).abs().mean() for dv, dp in zip(across(v), across(base[None]))]
+    return float(torch.stack(steps).mean()) if steps else 0.0

@@ -110,8 +110,10 @@ def render_video(
     """Generate the video for `image` + `waveform` and write it, with the input audio, to `out` (H.264 + AAC).
 
     `crop="auto"`: detect the face, generate on a square crop around it and paste every clip back into the original
-    image (the video then has the image's size, rounded down to even width and height); `"none"`: the centre square
-    at the model's resolution. `desc` labels the progress bar."""
+    image, colour-matched with one estimate for the whole video (the video then has the image's size, rounded down
+    to even width and height; `result["crop"]` is the `CropInfo`, `found=False` for the centre-square fallback);
+    `"none"`: the centre square at the model's resolution (`result["crop"]` is None). `desc` labels the progress
+    bar."""
     from tqdm import tqdm
 
     from .image import prepare_reference, to_rgb_float
@@ -131,10 +133,10 @@ def render_video(
     waveform = np.atleast_2d(np.asarray(waveform, dtype=np.float32))
     check_audio(waveform, sample_rate, max_seconds)
     prepare_reference(image, pipeline.config.resolution)
-    paste = None
+    paste, info = None, None
     if crop == "auto":
+        from .face import colour_match, face_crop_info, paste_back
         from .face import crop as crop_image
-        from .face import face_crop_info, paste_back
 
         original = to_rgb_float(image)
         info = face_crop_info(original)
@@ -142,9 +144,13 @@ def render_video(
                     info.top, info.side)
         image = crop_image(original, info, pipeline.config.resolution).numpy()
         even_h, even_w = info.height // 2 * 2, info.width // 2 * 2
+        match = None
 
-        def paste(frames):
-            return paste_back(original, frames, info)[:, :even_h, :even_w]
+        def paste(frames):  # the colour match is estimated on the first clip and kept: no jump between clips
+            nonlocal match
+            if match is None:
+                match = colour_match(original, frames, info)
+            return paste_back(original, frames, info, match=match)[:, :even_h, :even_w]
     # 2. audio features once
     fps = fps or pipeline.config.fps
     audio = pipeline.encode_audio(waveform, sample_rate, fps, max_seconds, streaming=True)
@@ -166,4 +172,5 @@ def render_video(
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    return {"path": str(out), "frames": audio.num_frames, "fps": fps, "seconds": audio.duration_s, "elapsed_s": elapsed}
+    return {"path": str(out), "frames": audio.num_frames, "fps": fps, "seconds": audio.duration_s,
+            "elapsed_s": elapsed, "crop": info}

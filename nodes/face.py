@@ -1,5 +1,5 @@
 """Face nodes: Loopy Face Crop (find the face, crop a square around it) and Loopy Paste Back (put the animated
-crop back into the original picture with a feathered seam). Thin adapters over `loopy_core.face`.
+crop back into the original picture, colour-matched, with a feathered seam). Thin adapters over `loopy_core.face`.
 
 `LOOPY_CROP` is a `loopy_core.face.CropInfo`: where the square lies in the original image (pixels) and whether a
 face was found (else it is the centre square).
@@ -46,12 +46,13 @@ class LoopyFaceCrop:
 
 class LoopyPasteBack:
     DESCRIPTION = ("Pastes animated face crops back into the original image at the place Loopy Face Crop took them "
-                   "from, with a feathered seam: a video of the full picture.")
+                   "from, colour-matched to the photo around the crop and with a feathered seam: a video of the "
+                   "full picture.")
     CATEGORY = CATEGORY
     FUNCTION = "paste"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
-    OUTPUT_TOOLTIPS = ("The frames at the original image's size.",)
+    OUTPUT_TOOLTIPS = ("The frames at the original image's size (rounded down to even with even_size).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -60,15 +61,25 @@ class LoopyPasteBack:
                 "image": ("IMAGE", {"tooltip": "The original photo given to Loopy Face Crop (batch item 0 is used)."}),
                 "frames": ("IMAGE", {"tooltip": "The animated square crops (e.g. from Loopy Long Video)."}),
                 "crop_info": (CROP, {"tooltip": "From Loopy Face Crop: where the crop goes."}),
-                "feather": ("FLOAT", {"default": 0.08, "min": 0.0, "max": 0.5, "step": 0.01,
+                "feather": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 0.5, "step": 0.01,
                                       "tooltip": "Width of the blended seam as a fraction of the crop side."}),
+                "colour_match": ("BOOLEAN", {"default": True,
+                                             "tooltip": "Match the crops' colour to the photo's along the seam "
+                                                        "(one estimate for all the frames, so it does not "
+                                                        "flicker)."}),
+                "even_size": ("BOOLEAN", {"default": True,
+                                          "tooltip": "Drop a last odd row or column: H.264 (Save Video) needs an "
+                                                     "even width and height."}),
             },
         }
 
-    def paste(self, image, frames, crop_info, feather):
+    def paste(self, image, frames, crop_info, feather, colour_match, even_size):
         from loopy_core.face import paste_back
 
-        return (paste_back(image[0], frames, crop_info, feather).to(output_device()),)
+        video = paste_back(image[0], frames, crop_info, feather, match=colour_match)
+        if even_size:
+            video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
+        return (video.to(output_device()),)
 
 
 NODE_CLASS_MAPPINGS = {"LoopyFaceCrop": LoopyFaceCrop, "LoopyPasteBack": LoopyPasteBack}

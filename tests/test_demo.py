@@ -45,6 +45,47 @@ def test_demo_with_user_audio_and_errors(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "x.avi")]) == 2
 
 
+def _speech(path, seconds=0.4):
+    t = np.arange(int(seconds * 16000)) / 16000
+    save_wav(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32), 16000)
+    return path
+
+
+def test_demo_pastes_your_photo_back_at_its_size(tmp_path, capsys):
+    """`--image` a non-square photo: the face's square is animated and pasted back, the video has the photo's
+    size (161x121 rounded down to even) and the photo outside the face."""
+    from PIL import Image
+
+    from loopy_core.image import load_image
+
+    canvas = np.full((121, 161, 3), 0.6, np.float32)
+    canvas[30:94, 70:134] = load_image(DEMO_DIR / "portrait.png")  # Haar finds this face
+    Image.fromarray((canvas * 255).round().astype(np.uint8)).save(tmp_path / "me.png")
+    out = tmp_path / "me.mp4"
+    argv = ["demo", "--image", str(tmp_path / "me.png"), "--audio", str(_speech(tmp_path / "me.wav")), "--out",
+            str(out), "--steps", "1", "--quiet", "--device", "cpu"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "lip sync" in captured.out and "no face" not in captured.err
+    frames = read_video(out).frames
+    assert frames.shape == (10, 120, 160, 3)
+    assert np.abs(frames[:, :8, :8].astype(np.float32) - 0.6 * 255).mean() < 8  # the photo, far from the face
+
+
+def test_demo_photo_without_a_face_says_so_and_animates_the_centre(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((90, 130, 3)) * 255).astype(np.uint8)).save(tmp_path / "wall.png")
+    out = tmp_path / "wall.mp4"
+    argv = ["demo", "--image", str(tmp_path / "wall.png"), "--audio", str(_speech(tmp_path / "wall.wav")), "--out",
+            str(out), "--steps", "1", "--quiet", "--device", "cpu"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "no face found in" in err and "wall.png (130x90)" in err and "centre square (90 px)" in err
+    assert read_video(out).frames.shape == (10, 90, 130, 3)
+
+
 def test_demo_model_recommended_settings_are_used():
     config = read_config(DEMO_MODEL)
     assert 1.0 <= config.guidance.audio_scale <= 2.0 and config.guidance.steps <= 12

@@ -145,9 +145,12 @@ def test_feather_ramp_is_monotonic_and_only_at_inner_edges():
 def test_paste_back_of_an_unchanged_crop_reproduces_the_original():
     img = noise()
     info = CropInfo(30, 15, 60, 90, 130, True)
-    same = paste_back(img, crop(img, info, 60)[None].repeat(3, 1, 1, 1), info)
+    frames = crop(img, info, 60)[None].repeat(3, 1, 1, 1)
+    same = paste_back(img, frames, info, match=False)
     assert same.shape == (3, 90, 130, 3)
     assert torch.equal(same, torch.from_numpy(img)[None].expand(3, -1, -1, -1))
+    matched = paste_back(img, frames, info)  # the colour match of a perfect crop is the identity
+    assert (matched - same).abs().max() < 1e-6
     # through the model's resolution and back: exact outside the crop, close inside it
     smooth = torch.nn.functional.avg_pool2d(torch.from_numpy(img).permute(2, 0, 1)[None], 9, 1, 4,
                                             count_include_pad=False)[0].permute(1, 2, 0).numpy()
@@ -161,10 +164,86 @@ def test_paste_back_of_an_unchanged_crop_reproduces_the_original():
 def test_paste_back_blends_at_the_seam():
     img = np.zeros((90, 130, 3), np.float32)
     info = CropInfo(30, 15, 60, 90, 130, True)
-    out = paste_back(img, torch.ones(1, 60, 60, 3), info, feather=0.1)[0, ..., 0]
+    out = paste_back(img, torch.ones(1, 60, 60, 3), info, feather=0.1, match=False)[0, ..., 0]
     assert torch.all(out[30:60, 45:75] == 1)  # the middle is the frame
     assert 0 < out[45, 30] < 0.2 and 0 < out[15, 60] < 0.2  # the edge is mostly the original
     assert torch.all(torch.diff(out[45, 30:45]) >= 0)
+
+
+def test_paste_back_keeps_the_old_call():
+    img, info = noise(), CropInfo(30, 15, 60, 90, 130, True)
+    frames = torch.full((2, 32, 32, 3), 0.5)
+    assert torch.equal(paste_back(img, frames, info, 0.08), paste_back(img, frames, info, feather=0.08, match=True))
+
+
+def test_seam_step_measures_the_added_edge():
+    img = noise() * 0.6 + 0.1  # room for +0.2 without clipping
+    info = CropInfo(30, 15, 60, 90, 130, True)
+    assert face.seam_step(torch.from_numpy(img), img, info) == 0
+    brighter = crop(img, info, 60)[None] + 0.2
+    hard = paste_back(img, brighter, info, feather=0.0, match=False)
+    assert face.seam_step(hard, img, info, width=3) == pytest.approx(0.2, abs=1e-5)  # a hard step of 0.2
+    soft = paste_back(img, brighter, info, feather=face.FEATHER, match=False)  # inside ring: the ramp, half blended
+    assert 0.07 < face.seam_step(soft, img, info) < 0.1  # a bit under half: the corners, where two ramps meet
+    with pytest.raises(ValueError, match=r"\[T, 90, 130, 3\]"):
+        face.seam_step(torch.zeros(1, 90, 100, 3), img, info)
+
+
+def real_photo() -> np.ndarray:
+    """A real, non-square photo: scikit-image's astronaut (a test extra) cut to 440x512, else the demo portrait on
+    a textured gradient."""
+    try:
+        from skimage import data
+    except ImportError:
+        canvas = photo(181, 241, at=(60, 90))
+        yy, xx = np.mgrid[0:181, 0:241] / 240.0
+        canvas += 0.1 * np.sin(9 * xx + 4 * yy)[..., None] * (canvas == 0.6)
+        return canvas
+    return data.astronaut()[:, 40:480].astype(np.float32) / 255.0
+
+
+def test_colour_matched_paste_hides_the_seam_on_a_photo():
+    """A crop with another colour and brightness (as the model returns it, through 64 px) pasted into a photo:
+    the colour-matched, wider-feathered seam steps far less than the un-matched one, the photo outside the crop is
+    untouched and the video has the photo's size."""
+    img = real_photo()
+    info = face.face_crop_info(img)
+    assert info.left > 0 or info.top > 0  # some edge inside the photo, where a seam can show
+    off = crop(img, info, 64) * torch.tensor([0.8, 0.85, 0.7]) + torch.tensor([0.1, 0.02, 0.08])
+    frames = (off[None] + 0.01 * torch.randn(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    old = paste_back(img, frames, info, feather=0.08, match=False)  # before issue 24
+    wide = paste_back(img, frames, info, match=False)
+    new = paste_back(img, frames, info)
+    assert new.shape == (4, *img.shape)
+    outside = torch.ones(img.shape[:2], dtype=torch.bool)
+    outside[info.top : info.top + info.side, info.left : info.left + info.side] = False
+    assert torch.equal(new[:, outside], torch.from_numpy(img)[outside].expand(4, -1, -1))
+    width = round(face.FEATHER * info.side)
+    step_old, step_wide, step_new = (face.seam_step(v, img, info, width) for v in (old, wide, new))
+    assert step_old > 0.03  # the crop really is off
+    assert step_new < 0.3 * step_old and step_new < 0.5 * step_wide, (step_old, step_wide, step_new)
+    # the interior moved toward the photo too
+    box = (slice(None), slice(info.top, info.top + info.side), slice(info.left, info.left + info.side))
+    truth = torch.from_numpy(img)[box[1:]]
+    assert (new[box] - truth).abs().mean() < 0.7 * (old[box] - truth).abs().mean()
+
+
+def test_colour_match_once_per_video():
+    """The estimate kept from the first clip is used as it is for the next; no evidence gives the identity; a
+    match for another crop size is refused."""
+    img = noise() * 0.5
+    info = CropInfo(30, 15, 60, 90, 130, True)
+    first, second = torch.full((2, 32, 32, 3), 0.7), torch.full((2, 32, 32, 3), 0.9)
+    match = face.colour_match(img, first, info)
+    assert torch.all(match.gain < 1)  # the crops are brighter than the photo's band
+    kept = paste_back(img, second, info, match=match)
+    assert torch.equal(kept, paste_back(img, second, info, match=face.colour_match(img, first, info)))
+    assert not torch.allclose(kept, paste_back(img, second, info))  # a fresh estimate would have moved
+    square = CropInfo(0, 0, 90, 90, 90, True)  # the whole image: no edge to match at
+    identity = face.colour_match(noise(90, 90), first, square)
+    assert torch.equal(identity.gain, torch.ones(3)) and torch.equal(identity.offset, torch.zeros(90, 90, 3))
+    with pytest.raises(ValueError, match="60-px crop, but the crop is 90 px"):
+        paste_back(noise(90, 90), first, square, match=match)
 
 
 # ---- CLI
@@ -200,7 +279,8 @@ def test_crop_flag_defaults():
     base = ["--image", "a.png", "--audio", "a.wav", "--out", "o.mp4", "--model", "m.safetensors"]
     assert parse["generate"].parse_args(base).crop == "auto"
     assert parse["generate"].parse_args(base + ["--crop", "none"]).crop == "none"
-    assert parse["demo"].parse_args([]).crop == "none" and parse["demo"].parse_args(["--crop", "auto"]).crop == "auto"
+    assert parse["demo"].parse_args([]).crop is None  # demo picks: auto for --image, none for its portrait
+    assert parse["demo"].parse_args(["--crop", "none"]).crop == "none"
     with pytest.raises(SystemExit):
         parse["generate"].parse_args(base + ["--crop", "face"])
 
@@ -247,8 +327,12 @@ def test_face_nodes_declarations_and_round_trip():
     assert square.shape == (1, 64, 64, 3) and isinstance(info, CropInfo) and (info.height, info.width) == (121, 161)
     assert info.found == (detect_face(photo()) is not None)
     frames = square.repeat(2, 1, 1, 1)
-    (video,) = paste_node().paste(image=image, frames=frames, crop_info=info, feather=0.08)
+    (video,) = paste_node().paste(image=image, frames=frames, crop_info=info, feather=0.08, colour_match=True,
+                                  even_size=False)
     assert video.shape == (2, 121, 161, 3)
+    (even,) = paste_node().paste(image=image, frames=frames, crop_info=info, feather=0.15, colour_match=True,
+                                 even_size=True)
+    assert even.shape == (2, 120, 160, 3)  # what H.264 in Save Video takes
     outside = torch.ones(121, 161, dtype=torch.bool)
     outside[info.top : info.top + info.side, info.left : info.left + info.side] = False
     assert torch.equal(video[:, outside], image[:, outside].expand(2, -1, -1))  # untouched outside the crop

@@ -25,6 +25,8 @@ FILE_WIDGETS = {  # combos whose options are the user's files: the workflows mus
 }
 SPEECH_SECONDS = 1.6  # 40 frames at 25 fps; the clip chain uses the first 1.44 s (3 clips)
 EXPECTED_FRAMES = {"loopy_demo.json": 40, "loopy_sd15.json": 40, "loopy_clip_chain.json": 36}
+# frame size: the demo pastes the crop back into the 72x80 input photo; the others give the model's 64x64 square
+EXPECTED_SIZE = {"loopy_demo.json": (80, 72), "loopy_sd15.json": (64, 64), "loopy_clip_chain.json": (64, 64)}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +119,7 @@ def test_workflow_runs_and_makes_a_frame_per_audio_frame(name, environment, clas
     cg.run_api(prompt, classes)
     (video,) = cg.SaveVideo.saved
     frames, fps, audio = video["images"], video["fps"], video["audio"]
-    assert frames.shape == (EXPECTED_FRAMES[name], 64, 64, 3) and frames.dtype == torch.float32
+    assert frames.shape == (EXPECTED_FRAMES[name], *EXPECTED_SIZE[name], 3) and frames.dtype == torch.float32
     assert fps == 25.0
     seconds = audio["waveform"].shape[-1] / audio["sample_rate"]
     if name == "loopy_clip_chain.json":  # the chain cuts the audio to its 3 clips; Save Video trims the track
@@ -127,9 +129,18 @@ def test_workflow_runs_and_makes_a_frame_per_audio_frame(name, environment, clas
 
 
 def test_demo_workflow_runs_the_bundled_demo_model(tmp_path, classes, defs, monkeypatch):
-    """No model files at all: the demo graph finds the bundled model (log-mel audio, no encoder to load)."""
+    """No model files at all: the demo graph finds the bundled model (log-mel audio, no encoder to load). A
+    non-square photo with a face comes back at its own size (rounded down to even), the photo outside the face."""
+    import numpy as np
+    from PIL import Image
+
+    from loopy_core.image import load_image
+
     (tmp_path / "models").mkdir()
     cg.make_inputs(tmp_path / "input", SPEECH_SECONDS)
+    photo = np.full((121, 161, 3), 0.6, np.float32)
+    photo[30:94, 70:134] = load_image(cg.ROOT / "loopy_core" / "assets" / "demo" / "portrait.png")
+    Image.fromarray((photo * 255).round().astype(np.uint8)).save(tmp_path / "input" / cg.FACE)
     monkeypatch.setenv("LOOPY_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setattr(cg.LoadImage, "input_dir", tmp_path / "input")
     monkeypatch.setattr(cg.LoadAudio, "input_dir", tmp_path / "input")
@@ -140,4 +151,6 @@ def test_demo_workflow_runs_the_bundled_demo_model(tmp_path, classes, defs, monk
     cg.SaveVideo.saved.clear()
     cg.run_api(prompt, classes)
     (video,) = cg.SaveVideo.saved
-    assert video["images"].shape == (math.ceil(SPEECH_SECONDS * 25), 64, 64, 3)
+    frames = video["images"]
+    assert frames.shape == (math.ceil(SPEECH_SECONDS * 25), 120, 160, 3)
+    assert (frames[:, :8, :8] - 0.6).abs().max() < 0.01  # far from the face: the photo itself

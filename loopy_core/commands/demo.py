@@ -1,5 +1,8 @@
 """`loopy demo`: the main job, offline: animate the bundled portrait with the bundled speech (or your files) using
-the bundled demo model, write an mp4, and report the lip sync measured from its pixels."""
+the bundled demo model, write an mp4, and report the lip sync measured from its pixels.
+
+Your own photo (`--image`) goes the way of `loopy generate --crop auto`: find the face, animate a square around it,
+paste it back at the photo's resolution. The bundled portrait is already the model's square crop (`--crop none`)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="your portrait instead of the bundled one")
     p.add_argument("--audio", help="your speech instead of the bundled sample")
     p.add_argument("--model", help="another Loopy checkpoint instead of the bundled demo model")
-    add_generation_arguments(p, crop="none")
+    add_generation_arguments(p, crop=None, crop_default="auto with --image, none for the bundled portrait")
     p.set_defaults(func=run)
 
 
@@ -31,7 +34,7 @@ def run(args) -> int:
     from ..render import check_audio, load_pipeline, render_video
     from ..synthetic.speech import speech_envelope
     from ..video import load_audio, read_video
-    from .generate import check_fps, options_from_args
+    from .generate import check_fps, options_from_args, report_crop
 
     model = Path(args.model) if args.model else DEMO_MODEL
     if not model.is_file():
@@ -47,13 +50,19 @@ def run(args) -> int:
     check_audio(waveform, sample_rate, args.max_seconds)
     pipeline = load_pipeline(model, None, None, args.device, args.dtype).optimize(
         channels_last=args.channels_last, compile=args.compile)
+    crop = args.crop or ("auto" if args.image else "none")
     result = render_video(pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds,
-                          not args.quiet, fps=args.fps, crop=args.crop)
+                          not args.quiet, fps=args.fps, crop=crop)
+    report_crop(result, args.image or "the bundled portrait")
     print(f"wrote {Path(result['path']).resolve()}: {result['frames']} frames at {result['fps']:g} fps "
           f"({result['seconds']:.1f} s of speech) in {result['elapsed_s']:.1f} s")
-    # lip sync read back from the video's pixels (the synthetic world's estimator: meaningful for its faces)
+    # lip sync read back from the video's pixels, in the animated square (the synthetic world's estimator:
+    # meaningful for its faces)
     video = read_video(result["path"])
-    mouth = estimate_mouth_opening(video.frames)
+    frames, box = video.frames, result["crop"]
+    if box is not None:
+        frames = frames[:, box.top : box.top + box.side, box.left : box.left + box.side]
+    mouth = estimate_mouth_opening(frames)
     envelope = speech_envelope(waveform, sample_rate, result["fps"], len(video.frames))
     truth = None
     if not args.audio and not args.image:

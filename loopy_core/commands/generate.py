@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
-def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto") -> None:
-    """Sampling flags shared by `generate` and `demo` (`crop`: the --crop default)."""
+def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto", crop_default: str | None = None) -> None:
+    """Sampling flags shared by `generate` and `demo` (`crop`: the --crop default; `crop_default`: how the help
+    names it, when the command picks it later)."""
     p.add_argument("--steps", type=int, help="denoising steps per clip (default: the model's, 25 for SD1.5 models)")
     p.add_argument("--scheduler", default="ddim", help="ddim (default), euler, euler_a, dpmpp_2m, unipc, ... ")
     p.add_argument("--audio-cfg", help="audio guidance scale, or a schedule '6,4,2' (default: the model's)")
@@ -26,7 +28,15 @@ def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto") -> 
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--crop", choices=["auto", "none"], default=crop,
                    help=f"auto: find the face, animate a square around it and paste it back into the full image; "
-                        f"none: the centre square (default {crop})")
+                        f"none: the centre square (default {crop_default or crop})")
+
+
+def report_crop(result: dict, image) -> None:
+    """Say so when `--crop auto` found no face in `image`: the video then animates the photo's centre square."""
+    info = result.get("crop")
+    if info is not None and not info.found:
+        print(f"no face found in {image} ({info.width}x{info.height}); animated its centre square "
+              f"({info.side} px) and pasted it back", file=sys.stderr)
 
 
 def check_fps(fps) -> None:
@@ -83,6 +93,7 @@ def run(args) -> int:
         pipeline, image, waveform, sample_rate, args.out, options, args.max_seconds, not args.quiet, fps=args.fps,
         crop=args.crop,
     )
+    report_crop(result, args.image)
     print(
         f"wrote {result['path']}: {result['frames']} frames at {result['fps']:g} fps "
         f"({result['seconds']:.2f} s of audio) in {result['elapsed_s']:.1f} s"
