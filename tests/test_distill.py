@@ -157,9 +157,9 @@ def test_pipeline_runs_one_branch_per_step_for_a_distilled_model(tmp_path, monke
     assert len(calls(student, sequential_guidance=True)) == 4
 
 
-def test_distilled_checkpoint_round_trip_and_old_checkpoints(tmp_path):
-    """The flag and ranges travel in the checkpoint's config; a file written before the field existed loads as a
-    three-branch model."""
+def test_distilled_checkpoint_round_trip_and_old_checkpoints(tmp_path, capsys):
+    """The flag and ranges travel in the checkpoint's config (`loopy inspect` counts one branch per step); a file
+    written before the field existed loads as a three-branch model."""
     cfg = distill_config(teacher_file(tmp_path / "teacher.safetensors"))
     student = distill.load_student(cfg)
     with torch.no_grad():
@@ -171,6 +171,11 @@ def test_distilled_checkpoint_round_trip_and_old_checkpoints(tmp_path):
     a, b = student.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("denoiser.guidance_embedding.") for k in a)
+    from loopy_core.cli import main
+
+    assert main(["inspect", "--checkpoint", str(path), "--json", "--flops"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["guidance_distilled"] and card["flops"]["branches"] == 1
 
     old = LoopyConfig.tiny().to_dict()
     for key in ("distilled", "distilled_audio_range", "distilled_ref_range"):
@@ -242,3 +247,22 @@ def test_distillation_resumes_with_its_teacher(make_tiny_world, tmp_path):
     with pytest.raises(ValueError, match="was distilled from"):
         distill.check_resume(out / "checkpoint-3", distill_config(tmp_path / "other.safetensors"))
     distill.check_resume(out / "checkpoint-3", distill_config(teacher))
+
+
+def test_bench_times_the_student_with_one_branch(monkeypatch):
+    """`loopy bench`'s `distilled` part: the teacher's rows run batches of 3, the student's batches of 1."""
+    from loopy_core import bench
+    from loopy_core.models.denoiser import LoopyDenoiser
+
+    batches = []
+    forward = LoopyDenoiser.forward
+    monkeypatch.setattr(LoopyDenoiser, "forward", lambda self, x, *a, **k: batches.append(x.shape[0]) or
+                        forward(self, x, *a, **k))
+    pipe = bench.build_pipeline(LoopyConfig.tiny(), "cpu", torch.float32)
+    rows = bench.bench_distilled(pipe, steps=2, student_steps=(2, 1), repeats=1)
+    assert list(rows) == ["teacher: ddim 2, 3 branches", "distilled: ddim 2, 1 branch", "distilled: ddim 1, 1 branch"]
+    assert batches == [3] * 4 + [1] * 4 + [1] * 2  # (warm-up + 1 timed clip) x steps, per row
+    assert rows["teacher: ddim 2, 3 branches"]["speedup"] == 1.0
+    assert all(r["seconds_per_clip"] > 0 for r in rows.values())
+    assert "distilled: ddim 1, 1 branch" in bench.format_table({"config": "tiny", "device": "cpu", "dtype": "fp32",
+                                                                "steps": 2, "distilled": rows})
