@@ -85,15 +85,15 @@ def make_scheduler(name: str, noise) -> Any:
     return cls(**{k: v for k, v in base.items() if k in accepted})
 
 
-def outside_distilled_range(config, ref_scale, audio_scale, num_steps: int) -> list[str]:
-    """What a distilled model is asked for beyond the scales it was trained on (there it extrapolates)."""
+def outside_distilled_range(config, scales: list[tuple[float, float]]) -> list[str]:
+    """What a distilled model is asked for, of the steps' (ref, audio) `scales`, beyond the scales it was trained
+    on (there it extrapolates)."""
     found = []
-    for name, scale, (lo, hi) in (("ref", ref_scale, config.distilled_ref_range),
-                                  ("audio", audio_scale, config.distilled_audio_range)):
-        values = [guidance.scale_at(scale, i, num_steps) for i in range(num_steps)]
+    for name, values, (lo, hi) in (("ref", [r for r, _ in scales], config.distilled_ref_range),
+                                   ("audio", [a for _, a in scales], config.distilled_audio_range)):
         if min(values) < lo or max(values) > hi:
-            found.append(f"{name} guidance {scale} is outside the range {lo}..{hi} this distilled model was trained "
-                         "on; its output there is an extrapolation")
+            found.append(f"{name} guidance {min(values):g}..{max(values):g} is outside the range {lo:g}..{hi:g} this "
+                         "distilled model was trained on; its output there is an extrapolation")
     return found
 
 
@@ -291,23 +291,24 @@ class LoopyPipeline:
         latents = torch.randn(shape, generator=state.generator, dtype=torch.float32).to(device)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": state.generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        unfit = outside_distilled_range(cfg.guidance, ref_scale, audio_scale, len(timesteps)) if distilled else []
-        for message in unfit:
-            if message not in self._warned:  # once per pipeline, not once per clip
-                self._warned.add(message)
-                logger.warning(message)
+        n = len(timesteps)
+        # (ref, audio) at each step: the schedules inside the guidance interval, 1 outside it
+        scales = [(guidance.scale_at(ref_scale, i, n), guidance.scale_at(audio_scale, i, n))
+                  if guidance.in_interval(i, n, options.guidance_interval) else (1.0, 1.0) for i in range(n)]
+        if distilled:
+            scale_inputs = torch.tensor(scales, device=device)[:, None]  # [steps, 1, 2]: one copy per clip
+            for message in outside_distilled_range(cfg.guidance, scales):
+                if message not in self._warned:  # once per pipeline, not once per clip
+                    self._warned.add(message)
+                    logger.warning(message)
         for i, t in enumerate(timesteps):
             if cancel is not None and cancel():
                 raise GenerationCancelled(f"cancelled at clip {clip_index}, step {i}")
             x = scheduler.scale_model_input(latents, t).to(dtype)
-            r = a = 1.0
-            if guidance.in_interval(i, len(timesteps), options.guidance_interval):
-                r = guidance.scale_at(ref_scale, i, len(timesteps))
-                a = guidance.scale_at(audio_scale, i, len(timesteps))
             if distilled:
-                pred = predict(x, model_timesteps[i], (0.0, 0.0, 1.0), torch.tensor([[r, a]], device=device))
+                pred = predict(x, model_timesteps[i], (0.0, 0.0, 1.0), scale_inputs[i])
             else:
-                pred = predict(x, model_timesteps[i], guidance.branch_weights(r, a))
+                pred = predict(x, model_timesteps[i], guidance.branch_weights(*scales[i]))
             latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
             if callback is not None:
                 callback({"clip": clip_index, "clips": num_clips, "step": i + 1, "steps": len(timesteps)})

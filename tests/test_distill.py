@@ -125,7 +125,7 @@ def test_fresh_student_is_the_teachers_full_branch(tmp_path):
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
 
-def test_pipeline_runs_one_branch_per_step_for_a_distilled_model(tmp_path, monkeypatch):
+def test_pipeline_runs_one_branch_per_step_for_a_distilled_model(tmp_path, monkeypatch, caplog):
     """4 steps, audio schedule 6 -> 2, guidance on the first half: the student makes one call of batch 1 per step
     with that step's scales (1 outside the interval); the teacher runs 3 branches (one batch of 3, or 3 calls
     with sequential guidance) on the guided steps and the full branch alone on the others."""
@@ -155,6 +155,12 @@ def test_pipeline_runs_one_branch_per_step_for_a_distilled_model(tmp_path, monke
     assert calls(teacher) == [(3, None), (3, None), (1, None), (1, None)]
     assert [n for n, _ in calls(teacher, sequential_guidance=True)] == [1] * 8  # 3 + 3 + 1 + 1 calls
     assert len(calls(student, sequential_guidance=True)) == 4
+    with caplog.at_level("WARNING", logger="loopy_core.pipeline"):  # beyond the trained range: said once a video
+        LoopyPipeline(student)(image, random_audio(student.config, 24), GenerationOptions(steps=1,
+                                                                                       audio_guidance_scale=10.0))
+    warnings = [r.getMessage() for r in caplog.records if "outside the range" in r.getMessage()]
+    assert warnings == ["audio guidance 10..10 is outside the range 1..8 this distilled model was trained on; its "
+                        "output there is an extrapolation"]
 
 
 def test_distilled_checkpoint_round_trip_and_old_checkpoints(tmp_path, capsys):
