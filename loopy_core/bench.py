@@ -15,6 +15,8 @@
   compile time reported apart) over the eager default;
 - `sampling`: seconds per clip for the sampling settings of `SAMPLING` (fewer steps, guidance on part of the steps,
   two branches) against the paper's 25 DDIM steps with three branches;
+- `distilled`: seconds per clip of a guidance-distilled student (one branch per step, the scales as inputs) at
+  8, 6 and 4 DDIM steps against its teacher (same widths, three branches) at `steps`;
 - `profile`: the operators that take most of one clip's device time (`torch.profiler`, a few steps).
 Weights are random (timing only). On CUDA, times use events after warm-up; elsewhere `perf_counter`.
 """
@@ -116,16 +118,35 @@ def bench_tsm(config: LoopyConfig, device, dtype, steps: int) -> dict:
     return {"tsm_124_frames_s": full, "four_motion_frames_s": four, "ratio": full / four}
 
 
+def with_speedups(rows: dict[str, dict]) -> dict[str, dict]:
+    """Each row's `speedup`: the first row's seconds per clip over its own."""
+    base = rows[next(iter(rows))]["seconds_per_clip"]
+    for row in rows.values():
+        row["speedup"] = base / row["seconds_per_clip"]
+    return rows
+
+
 def bench_sampling(pipe: LoopyPipeline, settings: dict[str, dict] | None = None, repeats: int = 2) -> dict:
     """Seconds per clip for each sampling setting (`SAMPLING`), and the speed-up over the first."""
     settings = settings or SAMPLING
-    out = {}
-    for name, sampling in settings.items():  # each setting names its steps
-        out[name] = bench_clip(pipe, repeats=repeats, **sampling)
-    base = out[next(iter(out))]["seconds_per_clip"]
-    for row in out.values():
-        row["speedup"] = base / row["seconds_per_clip"]
-    return out
+    # each setting names its steps
+    return with_speedups({name: bench_clip(pipe, repeats=repeats, **sampling) for name, sampling in settings.items()})
+
+
+DISTILLED_STEPS = (8, 6, 4)
+
+
+def bench_distilled(pipe: LoopyPipeline, steps: int, student_steps=DISTILLED_STEPS, repeats: int = 2) -> dict:
+    """Seconds per clip of a guidance-distilled student of `pipe`'s config (one branch per step) at each of
+    `student_steps` DDIM steps, against the three-branch teacher at `steps`; both at the paper's scales."""
+    cfg = pipe.config
+    teacher = pipe if not cfg.guidance.distilled else build_pipeline(
+        cfg.replace(guidance={"distilled": False}), pipe.device, pipe.dtype)
+    student = build_pipeline(cfg.replace(guidance={"distilled": True}), pipe.device, pipe.dtype)
+    rows = {f"teacher: ddim {steps}, 3 branches": bench_clip(teacher, steps, repeats=repeats)}
+    for n in student_steps:
+        rows[f"distilled: ddim {n}, 1 branch"] = bench_clip(student, n, repeats=repeats)
+    return with_speedups(rows)
 
 
 def bench_profile(pipe: LoopyPipeline, steps: int = 3, top: int = 15) -> dict:
@@ -373,6 +394,7 @@ def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: 
         return results["clip"]["seconds_per_clip"] if "clip" in results else bench_clip(pipe, steps)["seconds_per_clip"]
 
     part("sampling", lambda: bench_sampling(pipe))
+    part("distilled", lambda: bench_distilled(pipe, steps))
     part("profile", lambda: bench_profile(pipe))
     part("tsm", lambda: bench_tsm(config, device, dtype, steps))
     part("channels_last", lambda: bench_optimized(config, device, dtype, steps, eager(), channels_last=True))
@@ -419,8 +441,8 @@ def format_table(results: dict) -> str:
             o = results[name]
             row(f"{name.replace('_', '-')}: eager / optimized (speed)", f"{o['speedup']:.2f}x",
                 f"first clip {o['first_clip_s']:.1f} s")
-    if "sampling" in results:
-        for name, r in results["sampling"].items():
+    for part in ("sampling", "distilled"):
+        for name, r in results.get(part, {}).items():
             row(f"{name[:36]}: s/clip", f"{r['seconds_per_clip']:.3f}", f"{r['speedup']:.2f}x")
     if "breakdown" in results:
         for k, v in results["breakdown"]["shares"].items():

@@ -166,11 +166,19 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Recommended guidance scales of this model (paper: audio 5, reference 3 for SD1.5 models)."""
+    """Recommended guidance scales of this model (paper: audio 5, reference 3 for SD1.5 models).
+
+    `distilled`: a guidance-distilled student (`training/configs/*_distill.yaml`). Its denoiser takes the two scales
+    as inputs and predicts the guided combination of a teacher's three branches in one forward with full conditions,
+    so sampling runs one branch per step. The ranges are the scales it was trained on (outside them it extrapolates).
+    """
 
     audio_scale: float = 5.0
     ref_scale: float = 3.0
     steps: int = 25  # recommended denoising steps (paper: 25 DDIM steps)
+    distilled: bool = False
+    distilled_audio_range: tuple[float, float] = (1.0, 8.0)
+    distilled_ref_range: tuple[float, float] = (1.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -259,6 +267,10 @@ class LoopyConfig:
             fail("audio.kind 'logmel' has a single feature layer: set audio.num_layers to 1")
         if self.noise.prediction_type not in ("epsilon", "v_prediction", "sample"):
             fail(f"noise.prediction_type must be epsilon, v_prediction or sample, got {self.noise.prediction_type!r}")
+        for name in ("distilled_audio_range", "distilled_ref_range"):
+            lo_hi = getattr(self.guidance, name)
+            if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
+                fail(f"guidance.{name} must be two scales [low, high] with 0 <= low <= high, got {list(lo_hi)}")
         probs = (self.a2l.p_audio_only, self.a2l.p_audio_motion, self.a2l.p_motion_only)
         if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
             fail(f"a2l modality probabilities must be >= 0 and sum to 1, got {probs}")

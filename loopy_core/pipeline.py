@@ -11,6 +11,8 @@ and per clip of F frames (`run_clip`):
 6. `steps` scheduler steps; each runs the three guidance branches as one batched forward (or one after another
    with `sequential_guidance`) and combines them as `guidance` says; a branch whose weight is zero at the current
    scales (`guidance.branch_weights`) is skipped, and outside `guidance_interval` only the full branch runs;
+   a guidance-distilled model (`config.guidance.distilled`) runs the full branch alone at every step and is given
+   the step's scales (1 outside `guidance_interval`) as inputs instead;
 7. the clip's latents join the history (cropped to the TSM's span) and are decoded in slices.
 Frames are handed out clip by clip, so a caller can stream them to a file. The last clip is trimmed so a video has
 `ceil(duration * fps)` frames. Noise comes from a CPU generator seeded once per video: same seed, same frames.
@@ -83,6 +85,18 @@ def make_scheduler(name: str, noise) -> Any:
     return cls(**{k: v for k, v in base.items() if k in accepted})
 
 
+def outside_distilled_range(config, scales: list[tuple[float, float]]) -> list[str]:
+    """What a distilled model is asked for, of the steps' (ref, audio) `scales`, beyond the scales it was trained
+    on (there it extrapolates)."""
+    found = []
+    for name, values, (lo, hi) in (("ref", [r for r, _ in scales], config.distilled_ref_range),
+                                   ("audio", [a for _, a in scales], config.distilled_audio_range)):
+        if min(values) < lo or max(values) > hi:
+            found.append(f"{name} guidance {min(values):g}..{max(values):g} is outside the range {lo:g}..{hi:g} this "
+                         "distilled model was trained on; its output there is an extrapolation")
+    return found
+
+
 @dataclass
 class GenerationOptions:
     """Sampling options; `None` scales mean the model's recommended ones (its `config.guidance`)."""
@@ -120,6 +134,7 @@ class LoopyPipeline:
         self.model = model.eval()
         self.audio_encoder = audio_encoder
         self.config = model.config
+        self._warned: set[str] = set()
 
     def optimize(self, channels_last: bool = False, compile: bool = False, compile_scope: str = "blocks",
                  compile_mode: str | None = None, compile_backend: str = "inductor") -> "LoopyPipeline":
@@ -241,9 +256,11 @@ class LoopyPipeline:
         audio_scale = cfg.guidance.audio_scale if options.audio_guidance_scale is None else options.audio_guidance_scale
         ref_scale = cfg.guidance.ref_scale if options.ref_guidance_scale is None else options.ref_guidance_scale
         batches: dict[tuple[int, ...], tuple] = {}  # which branches run together -> their batched conditions
+        distilled = cfg.guidance.distilled
 
-        def predict(x, t, weights):
-            """The guided prediction; branches with zero weight are skipped, the rest run as one batch."""
+        def predict(x, t, weights, scales=None):
+            """The guided prediction; branches with zero weight are skipped, the rest run as one batch. `scales`
+            `[1, 2]` go to a distilled denoiser, whose weights are then those of the full branch alone."""
             active = tuple(i for i, w in enumerate(weights) if w != 0.0)
             groups = [(i,) for i in active] if options.sequential_guidance else [active]
             outs = []
@@ -257,8 +274,9 @@ class LoopyPipeline:
                         {k: v.repeat(n, 1, 1, 1) for k, v in motion_feats.items()} if n > 1 else motion_feats,
                     )
                 tokens, ref_kv, feats = batches[group]
+                extra = {} if scales is None else {"guidance_scales": scales}
                 out = model.denoiser(x.repeat(len(group), 1, 1, 1, 1) if len(group) > 1 else x, t, tokens, None, feats,
-                                     ref_kv=ref_kv)
+                                     ref_kv=ref_kv, **extra)
                 outs.extend(out.float().chunk(len(group)))
             return sum(weights[i] * out for i, out in zip(active, outs))
 
@@ -273,15 +291,24 @@ class LoopyPipeline:
         latents = torch.randn(shape, generator=state.generator, dtype=torch.float32).to(device)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": state.generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        n = len(timesteps)
+        # (ref, audio) at each step: the schedules inside the guidance interval, 1 outside it
+        scales = [(guidance.scale_at(ref_scale, i, n), guidance.scale_at(audio_scale, i, n))
+                  if guidance.in_interval(i, n, options.guidance_interval) else (1.0, 1.0) for i in range(n)]
+        if distilled:
+            scale_inputs = torch.tensor(scales, device=device)[:, None]  # [steps, 1, 2]: one copy per clip
+            for message in outside_distilled_range(cfg.guidance, scales):
+                if message not in self._warned:  # once per pipeline, not once per clip
+                    self._warned.add(message)
+                    logger.warning(message)
         for i, t in enumerate(timesteps):
             if cancel is not None and cancel():
                 raise GenerationCancelled(f"cancelled at clip {clip_index}, step {i}")
             x = scheduler.scale_model_input(latents, t).to(dtype)
-            r = a = 1.0
-            if guidance.in_interval(i, len(timesteps), options.guidance_interval):
-                r = guidance.scale_at(ref_scale, i, len(timesteps))
-                a = guidance.scale_at(audio_scale, i, len(timesteps))
-            pred = predict(x, model_timesteps[i], guidance.branch_weights(r, a))
+            if distilled:
+                pred = predict(x, model_timesteps[i], (0.0, 0.0, 1.0), scale_inputs[i])
+            else:
+                pred = predict(x, model_timesteps[i], guidance.branch_weights(*scales[i]))
             latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
             if callback is not None:
                 callback({"clip": clip_index, "clips": num_clips, "step": i + 1, "steps": len(timesteps)})

@@ -127,7 +127,9 @@ def speed_inputs() -> dict:
         "guidance_end": ("FLOAT", {"default": 1.0, "min": 0.05, "max": 1.0, "step": 0.05,
                                    "tooltip": "Fraction of the steps, from the first, that use the audio and "
                                               "reference guidance; the rest run one branch instead of three. 1 = "
-                                              "every step (the paper); 0.5 = a third fewer denoiser evaluations."}),
+                                              "every step (the paper); 0.5 = a third fewer denoiser evaluations. "
+                                              "A guidance-distilled model runs one branch on every step and gets "
+                                              "scale 1 outside this fraction."}),
     }
 
 

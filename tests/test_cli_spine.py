@@ -73,9 +73,9 @@ def test_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 def test_inspect_flops(capsys):
     assert main(["inspect", "--config", "tiny", "--json", "--flops"]) == 0
     f = json.loads(capsys.readouterr().out)["flops"]
-    assert f["reference_net"] > 0 and f["denoiser_step_3_branches"] > 0 and f["steps"] == 25
-    assert f["clip_total"] == f["reference_net"] + f["audio_to_latents"] + 25 * f["denoiser_step_3_branches"]
-    assert f["denoiser_per_frame_evaluation"] == f["denoiser_step_3_branches"] // 36
+    assert f["reference_net"] > 0 and f["denoiser_step"] > 0 and f["steps"] == 25 and f["branches"] == 3
+    assert f["clip_total"] == f["reference_net"] + f["audio_to_latents"] + 25 * f["denoiser_step"]
+    assert f["denoiser_per_frame_evaluation"] == f["denoiser_step"] // 36
 
 
 # ---- init -> generate with nothing else (issue #21, part 1)

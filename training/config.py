@@ -1,4 +1,5 @@
-"""Training configuration: a dataclass read from YAML, with `key=value` overrides from the command line.
+"""Training configuration: a dataclass read from YAML, with `key=value` overrides from the command line
+(`section.key=value` inside a section: `distill.teacher=PATH`, `model_changes.a2l.keep_level=true`).
 
 The model itself (architecture, noise schedule, prediction type, guidance scales) is defined by the Loopy
 checkpoint the run starts from (`loopy init`), so one source of truth travels from training to inference; this
@@ -19,6 +20,27 @@ STAGE_DEFAULTS = {
     1: ["reference_net", "denoiser_spatial"],  # image pairs, no temporal layers, no audio
     2: list(COMPONENTS),  # video: temporal layers, TSM and audio-to-latents join
 }
+
+
+@dataclass
+class DistillConfig:
+    """Guidance distillation: with a `teacher`, the student (`model`, by default the teacher's own weights) learns
+    to give in ONE forward with every condition the teacher's guided prediction
+    `guidance.combine(e_uncond, e_ref, e_full, ref_scale, audio_scale)`, the two scales being denoiser inputs drawn
+    per sample, uniformly in the ranges. The default ranges hold the paper's 5 (audio) and 3 (reference) with room on
+    both sides for schedules and user taste, and start at 1, no guidance: the scale the pipeline uses outside its
+    guidance interval. A model with other recommended scales (the demo: 1.5 and 1) sets its own ranges."""
+
+    teacher: str = ""  # a trained, not distilled, Loopy checkpoint; "" = no distillation
+    audio_scale_range: list[float] = field(default_factory=lambda: [1.0, 8.0])
+    ref_scale_range: list[float] = field(default_factory=lambda: [1.0, 5.0])
+
+    def __post_init__(self):
+        for name in ("audio_scale_range", "ref_scale_range"):
+            lo_hi = getattr(self, name)
+            if not isinstance(lo_hi, (list, tuple)) or len(lo_hi) != 2 or not 0 <= float(lo_hi[0]) <= float(lo_hi[1]):
+                raise ValueError(f"distill.{name} must be [low, high] with 0 <= low <= high, got {lo_hi!r}")
+            setattr(self, name, [float(v) for v in lo_hi])
 
 
 @dataclass
@@ -77,6 +99,8 @@ class TrainConfig:
     validation_steps: int = 0  # 0: no validation
     validation_seconds: float = 2.0
     validation_steps_per_clip: int = 10
+    # guidance distillation (`configs/*_distill.yaml`): a one-branch student of a three-branch teacher
+    distill: DistillConfig = field(default_factory=DistillConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self):
@@ -104,6 +128,17 @@ class TrainConfig:
             raise ValueError(f"model_changes must be a mapping of config sections, got {self.model_changes!r}")
         if self.self_history_prob > 0 and self.stage != 2:
             raise ValueError("self_history_prob needs stage 2 (stage 1 has no motion frames); set it to 0")
+        if self.distill is None or isinstance(self.distill, dict):  # from YAML
+            known = {f.name for f in dataclasses.fields(DistillConfig)}
+            unknown = sorted(set(self.distill or {}) - known)
+            if unknown:
+                raise ValueError(f"unknown distill option(s) {unknown}; known: {sorted(known)}")
+            self.distill = DistillConfig(**(self.distill or {}))
+        if self.distill.teacher and self.stage != 2:
+            raise ValueError("distillation needs stage 2 (the student learns the video model's guided prediction)")
+        if self.distill.teacher and "denoiser_spatial" not in self.trainable:
+            raise ValueError("distillation trains the guidance-scale embedding with denoiser_spatial: add it to "
+                             "`trainable`")
 
     @classmethod
     def load(cls, path: str | None, overrides: list[str] = ()) -> TrainConfig:
@@ -120,8 +155,19 @@ class TrainConfig:
             if "=" not in item:
                 raise ValueError(f"override {item!r} must look like key=value")
             key, value = (x.strip() for x in item.split("=", 1))
+            section, *path = key.split(".")
+            node, leaf, kind = data, section, types.get(section)
+            if path:  # `section.key=value`: one option inside a mapping
+                if section not in SECTIONS:
+                    raise ValueError(f"override {item!r}: only {sorted(SECTIONS)} take section.key=value")
+                node = data.get(section) if isinstance(data.get(section), dict) else {}
+                data[section] = node
+                for part in path[:-1]:
+                    node = node.setdefault(part, {})
+                leaf = path[-1]
+                kind = SECTIONS[section].get(leaf) if len(path) == 1 else None
             # a str option keeps the text as typed (YAML would turn `no` into False)
-            data[key] = value if types.get(key) == "str" else yaml.safe_load(value)
+            node[leaf] = value if kind == "str" else yaml.safe_load(value)
         names = set(types)
         unknown = sorted(set(data) - names)
         if unknown:
@@ -138,3 +184,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# the options that are mappings, and the types of their own options where they have fixed ones
+SECTIONS = {"distill": {f.name: f.type for f in dataclasses.fields(DistillConfig)}, "model_changes": {}, "extra": {}}

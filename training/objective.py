@@ -14,6 +14,10 @@ audio-to-latents modality mix (audio only / audio + motion statistics / motion s
 `motion_noise_max > 0` the motion frames also get Gaussian noise of a per-sample std (drawn after the rest, so runs
 without it keep their random stream). With `self_history_prob > 0`, drawn before that noise, a share of the
 samples sees its previous clip, inside the motion frames, as the model's own x0 estimate of it (`own_history`).
+
+Guidance distillation (a `teacher`, `TrainConfig.distill`): the same draws, noisy input and motion frames, but the
+student sees every condition and the guidance scales (drawn last, per sample), and its target is the frozen
+teacher's guided prediction at those scales (`guided_target`), in the model's own prediction type.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loopy_core import guidance
 from loopy_core.models.loopy import LoopyModel
 from loopy_core.pipeline import make_scheduler
 
@@ -32,7 +37,7 @@ def trainable_modules(model: LoopyModel, names: list[str]) -> list[nn.Module]:
     audio_path = [model.audio_to_latents] + ([den.token_to_timestep] if den.token_to_timestep is not None else [])
     mapping = {
         "reference_net": [model.reference_net],
-        "denoiser_spatial": [den.unet],
+        "denoiser_spatial": [den.unet, den.guidance_embedding],  # the scales join the timestep embedding
         "inter_clip": [den.inter_clip],
         "intra_clip": [den.intra_clip],
         "audio_to_latents": audio_path,
@@ -65,12 +70,14 @@ def predicted_x0(scheduler, sample: torch.Tensor, pred: torch.Tensor, t: torch.T
 
 
 class LoopyObjective(nn.Module):
-    def __init__(self, model: LoopyModel, train_config):
+    def __init__(self, model: LoopyModel, train_config, teacher: LoopyModel | None = None):
         super().__init__()
         self.model = model
         self.cfg = train_config
         self.scheduler = make_scheduler("ddpm", model.config.noise)
         self.stage = train_config.stage
+        # not a submodule: the frozen teacher is neither trained, wrapped by DDP nor saved in the run's state
+        object.__setattr__(self, "teacher", teacher)
 
     def sample_timesteps(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         T = self.scheduler.config.num_train_timesteps
@@ -113,8 +120,47 @@ class LoopyObjective(nn.Module):
         shift = torch.einsum("bcfhw,mf->bcmhw", delta[:, :, -reach:], weights)  # autocast may make this bf16
         return motion.index_add(0, idx_d, shift.to(motion.dtype))
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        model, cfg = self.model, self.cfg
+    def motion_frames(self, batch: dict[str, torch.Tensor], v: torch.Tensor, generator: torch.Generator):
+        """The batch's motion frames as the model sees them: the video-start padding where `v` says, the model's
+        own history and Gaussian noise where the config asks for them."""
+        cfg, motion = self.cfg, batch["motion"]
+        drop_motion = (v < cfg.p_drop_motion_frames)[:, None, None, None, None]
+        if cfg.self_history_prob > 0:
+            motion = self.own_history(batch, motion, generator)
+        motion = torch.where(drop_motion, batch["ref"][:, :, None].expand_as(motion), motion)
+        if cfg.motion_noise_max > 0:
+            B = motion.shape[0]
+            sigma = torch.rand(B, generator=generator) * cfg.motion_noise_max
+            jitter = torch.randn(motion.shape, generator=generator) * sigma.view(-1, 1, 1, 1, 1)
+            motion = motion + jitter.to(motion.device, motion.dtype)
+        return motion
+
+    def sample_scales(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """`[B, 2]` (ref_scale, audio_scale) per sample, uniform in the distillation's ranges."""
+        ranges = torch.tensor([self.cfg.distill.ref_scale_range, self.cfg.distill.audio_scale_range])  # [2, lo/hi]
+        return ranges[:, 0] + torch.rand(batch, 2, generator=generator) * (ranges[:, 1] - ranges[:, 0])
+
+    @torch.no_grad()
+    def guided_target(self, batch: dict[str, torch.Tensor], noisy: torch.Tensor, timesteps: torch.Tensor,
+                      motion: torch.Tensor, motion_mask: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's guided prediction at `scales` `[B, 2]`: its three branches (guidance.BRANCHES:
+        no reference and no audio, reference, reference and audio) as one batch of 3B, same noisy input, timesteps
+        and motion frames, combined by `guidance.combine`; the pipeline's branch conditions exactly."""
+        teacher, B = self.teacher, noisy.shape[0]
+        ref_tokens, motion_feats = teacher.reference_net(batch["ref"], motion)
+        on = torch.ones(B, dtype=torch.bool, device=noisy.device)
+        with_audio = teacher.audio_to_latents(batch["audio"], on, batch["motion_stats"], motion_mask)
+        no_audio = teacher.audio_to_latents(batch["audio"], ~on, batch["motion_stats"], motion_mask)
+        tokens = torch.cat([no_audio, no_audio, with_audio])  # [3B, F, N, D]
+        refs = {k: torch.cat([torch.zeros_like(v), v, v]) for k, v in ref_tokens.items()}
+        feats = {k: v.repeat(3, 1, 1, 1) for k, v in motion_feats.items()}  # [(3B M), C, h, w]
+        pred = teacher.denoiser(noisy.repeat(3, 1, 1, 1, 1), timesteps.repeat(3), tokens, refs, feats)
+        ref_scale, audio_scale = (s.view(-1, 1, 1, 1, 1).to(noisy.device) for s in scales.T)
+        return guidance.combine_batched(pred.float(), ref_scale, audio_scale)
+
+    def predict(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One batch's prediction `pred` and its `target` `[B, C, F, h, w]`, with the inputs they came from."""
+        model, cfg, distill = self.model, self.cfg, self.teacher is not None
         target_latents = batch["target"]  # [B, C, F, h, w]
         B, device = target_latents.shape[0], target_latents.device
         # 1. random draws (CPU generator -> device)
@@ -126,6 +172,9 @@ class LoopyObjective(nn.Module):
         a2l = model.config.a2l
         audio_mask = ~drop_audio & (m < a2l.p_audio_only + a2l.p_audio_motion)
         motion_mask = ~drop_audio & (m >= a2l.p_audio_only)
+        if distill:  # the student sees every condition (the teacher's branches stand for the dropped ones)
+            drop_ref, audio_mask = torch.zeros_like(drop_ref), torch.ones_like(drop_ref)
+            motion_mask = m >= a2l.p_audio_only  # audio + motion statistics, as the intensity control gives them
         if self.stage == 1:  # image stage: no audio, no motion statistics
             audio_mask = motion_mask = torch.zeros_like(drop_audio)
         # 2. noisy input and target from the model's noise schedule
@@ -138,24 +187,27 @@ class LoopyObjective(nn.Module):
         else:
             target = target_latents
         # 3. conditions: ReferenceNet, motion frames, motion tokens
-        motion = None
-        if self.stage == 2:
-            motion = batch["motion"]
-            drop_motion = (v < cfg.p_drop_motion_frames)[:, None, None, None, None]
-            if cfg.self_history_prob > 0:
-                motion = self.own_history(batch, motion, generator)
-            motion = torch.where(drop_motion, batch["ref"][:, :, None].expand_as(motion), motion)
-            if cfg.motion_noise_max > 0:
-                sigma = torch.rand(B, generator=generator) * cfg.motion_noise_max
-                jitter = torch.randn(motion.shape, generator=generator) * sigma.view(-1, 1, 1, 1, 1)
-                motion = motion + jitter.to(device, motion.dtype)
+        motion = self.motion_frames(batch, v, generator) if self.stage == 2 else None
         ref_tokens, motion_feats = model.reference_net(batch["ref"], motion)
         keep = (~drop_ref).to(target_latents.dtype)
         ref_tokens = {k: t * keep.view(-1, 1, 1).to(t.dtype) for k, t in ref_tokens.items()}
         tokens = model.audio_to_latents(batch["audio"], audio_mask, batch["motion_stats"], motion_mask)
-        # 4. prediction and loss
-        pred = model.denoiser(noisy, timesteps, tokens, ref_tokens, motion_feats, use_temporal=self.stage == 2)
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none")  # [B, C, F, h, w]
+        # 4. distillation: the teacher's guided prediction at scales drawn per sample replaces the target
+        scales, extra = None, {}
+        if distill:
+            scales = self.sample_scales(B, generator)
+            target = self.guided_target(batch, noisy, timesteps, motion, motion_mask, scales)
+            extra = {"guidance_scales": scales.to(device, target_latents.dtype)}
+        # 5. prediction
+        pred = model.denoiser(noisy, timesteps, tokens, ref_tokens, motion_feats, use_temporal=self.stage == 2,
+                              **extra)
+        return {"pred": pred, "target": target, "noisy": noisy, "timesteps": timesteps, "motion": motion,
+                "motion_mask": motion_mask, "guidance_scales": scales}
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        cfg, target_latents = self.cfg, batch["target"]
+        out = self.predict(batch, generator)
+        loss = F.mse_loss(out["pred"].float(), out["target"].float(), reduction="none")  # [B, C, F, h, w]
         if cfg.mouth_loss_weight > 0:
             loss = loss * (1.0 + cfg.mouth_loss_weight * mouth_mask(batch["mouth"], loss.shape[-2:]))
         if cfg.region_loss_weight > 0:

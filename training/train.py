@@ -2,6 +2,9 @@
 
     python -m training.train --config training/configs/synthetic_tiny.yaml [key=value ...] [--resume latest]
     accelerate launch -m training.train --config training/configs/stage2_sd15.yaml
+    python -m training.train --config training/configs/synthetic_tiny_distill.yaml distill.teacher=TEACHER.safetensors
+
+The last one is guidance distillation (`training/distill.py`): a one-branch student of a three-branch teacher.
 
 Runs on:
   - a single CPU or GPU;
@@ -55,11 +58,12 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 131 + micro) * 1031 + rank)
 
 
-def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, limit: int, audio_encoder=None) -> Path:
+def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, limit: int, audio_encoder=None,
+                        metadata: dict[str, str] | None = None) -> Path:
     """accelerate state + `loopy.safetensors`, written to a temp folder and renamed; old ones pruned.
 
     `audio_encoder` (the starting model's embedded one, frozen) is embedded again, so each checkpoint generates
-    on its own."""
+    on its own; `metadata` joins each file's metadata."""
     from loopy_core.checkpoint import save_checkpoint
 
     final = run_dir / f"checkpoint-{step}"
@@ -70,13 +74,13 @@ def save_checkpoint_dir(accelerator, objective, ema, run_dir: Path, step: int, l
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(objective).model
-        save_checkpoint(model, tmp / "loopy.safetensors", metadata={"training_step": str(step)},
-                        audio_encoder=audio_encoder)
+        metadata = {**(metadata or {}), "training_step": str(step)}
+        save_checkpoint(model, tmp / "loopy.safetensors", metadata=metadata, audio_encoder=audio_encoder)
         if ema is not None:
             params = [p for p in model.parameters() if p.requires_grad]
             ema.store(params)
             ema.copy_to(params)
-            save_checkpoint(model, tmp / "loopy_ema.safetensors", metadata={"training_step": str(step), "ema": "1"},
+            save_checkpoint(model, tmp / "loopy_ema.safetensors", metadata={**metadata, "ema": "1"},
                             audio_encoder=audio_encoder)
             ema.restore(params)
         if final.exists():
@@ -144,6 +148,14 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def find_resume(run_dir: Path, resume: str) -> Path:
+    """The checkpoint folder `--resume` names ('latest': the highest step in `run_dir`)."""
+    found = list_checkpoints(run_dir) if resume == "latest" else [Path(resume)]
+    if not found or not found[-1].is_dir():
+        raise FileNotFoundError(f"no checkpoint to resume from ({resume!r} in {str(run_dir)!r})")
+    return found[-1]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -164,6 +176,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
 
     from loopy_core.checkpoint import load_checkpoint, load_embedded_audio_encoder
 
+    from . import distill
     from .data import EpochSampler, ShardDataset
     from .objective import LoopyObjective, trainable_modules
 
@@ -185,10 +198,20 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO if accelerator.is_local_main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     set_seed(cfg.seed)
-    if not cfg.model:
+    resume_dir = find_resume(run_dir, resume) if resume else None
+    if resume_dir is not None:
+        distill.check_resume(resume_dir, cfg)
+    teacher, metadata = None, {}
+    if cfg.distill.teacher:  # the student starts from `model`, by default the teacher itself
+        teacher = distill.load_teacher(cfg)
+        model = distill.load_student(cfg)
+        metadata[distill.TEACHER_KEY] = str(Path(cfg.distill.teacher).resolve())
+    elif not cfg.model:
         raise ValueError("no starting model: set `model:` to a Loopy checkpoint from `loopy init`")
-    model = load_checkpoint(cfg.model, config_changes=cfg.model_changes or None)
-    audio_encoder = load_embedded_audio_encoder(cfg.model)  # frozen; carried into every checkpoint, used by validation
+    else:
+        model = load_checkpoint(cfg.model, config_changes=cfg.model_changes or None)
+    # frozen; carried into every checkpoint, used by validation
+    audio_encoder = load_embedded_audio_encoder(cfg.model or cfg.distill.teacher)
 
     # 2. what trains: explicit modules, never name substrings
     model.requires_grad_(False)
@@ -217,8 +240,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=cfg.max_train_steps * accelerator.num_processes,
     )
-    objective = LoopyObjective(model, cfg)
+    objective = LoopyObjective(model, cfg, teacher)
     objective, optimizer, loader, lr_scheduler = accelerator.prepare(objective, optimizer, loader, lr_scheduler)
+    if teacher is not None:  # frozen: in the weight dtype, as accelerate's autocast runs it
+        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        teacher.to(accelerator.device, weight_dtype)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -228,13 +254,10 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if resume:
-        found = list_checkpoints(run_dir) if resume == "latest" else [Path(resume)]
-        if not found or not found[-1].is_dir():
-            raise FileNotFoundError(f"no checkpoint to resume from ({resume!r} in {str(run_dir)!r})")
-        accelerator.load_state(str(found[-1]))
-        global_step = int(found[-1].name.split("-")[1])
-        logger.info("resumed from %s at step %d", found[-1], global_step)
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        global_step = int(resume_dir.name.split("-")[1])
+        logger.info("resumed from %s at step %d", resume_dir, global_step)
     if report_to not in (None, "none"):
         accelerator.init_trackers("loopy", config={k: v for k, v in flatten(cfg.to_dict()).items()
                                                    if isinstance(v, (int, float, str, bool))})
@@ -243,6 +266,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     consumed = global_step * cfg.gradient_accumulation_steps
     total_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     logger.info("***** Running training (stage %d) *****", cfg.stage)
+    if teacher is not None:
+        logger.info("  guidance distillation from %s: audio scales %s, reference scales %s", cfg.distill.teacher,
+                    cfg.distill.audio_scale_range, cfg.distill.ref_scale_range)
     logger.info("  trainable %s: %d parameters", cfg.trainable, sum(p.numel() for p in params))
     logger.info("  videos %d, items per epoch %d, batch per device %d", len(dataset.videos), len(dataset),
                 cfg.train_batch_size)
@@ -306,7 +332,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
             # 7. checkpoints and validation
             if global_step % cfg.checkpointing_steps == 0 or global_step == last_step:
                 path = save_checkpoint_dir(accelerator, objective, ema, run_dir, global_step,
-                                           cfg.checkpoints_total_limit, audio_encoder)
+                                           cfg.checkpoints_total_limit, audio_encoder, metadata)
                 logger.info("saved %s", path)
             if cfg.validation_steps and global_step % cfg.validation_steps == 0 and accelerator.is_main_process:
                 result = validate(accelerator.unwrap_model(objective).model, Path(cfg.data), cfg, global_step, run_dir,

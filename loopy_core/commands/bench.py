@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-PARTS = ("clip", "breakdown", "length", "tsm", "diffusers", "animatediff", "sampling", "profile", "channels_last",
-         "compile", "compile_denoiser")
-DEFAULT_PARTS = PARTS[:8]  # compiling takes minutes; ask for it by name
+PARTS = ("clip", "breakdown", "length", "tsm", "diffusers", "animatediff", "sampling", "distilled", "profile",
+         "channels_last", "compile", "compile_denoiser")
+DEFAULT_PARTS = PARTS[:9]  # compiling takes minutes; ask for it by name
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def clip_flops(config, model, motion, audio) -> dict:
     """FLOPs of one clip with torch's FLOP counter on meta tensors: the ReferenceNet once, the denoiser per step
-    with the three guidance branches batched, the audio-to-latents once (with and without audio)."""
+    with the three guidance branches batched (one for a guidance-distilled model), the audio-to-latents once (with
+    and without audio)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -33,17 +34,19 @@ def clip_flops(config, model, motion, audio) -> dict:
     ref_tokens, motion_feats = model.reference_net(ref, motion)
     a2l = 2 * count(lambda: model.audio_to_latents(audio))
     tokens = model.audio_to_latents(audio)
-    sample = torch.empty(3, C, F, s, s)
+    n = 1 if config.guidance.distilled else 3  # branches per step
+    sample = torch.empty(n, C, F, s, s)
     step = count(lambda: model.denoiser(
-        sample, torch.empty(3), tokens.expand(3, -1, -1, -1), {k: v.expand(3, -1, -1) for k, v in ref_tokens.items()},
-        {k: v.repeat(3, 1, 1, 1) for k, v in motion_feats.items()},
+        sample, torch.empty(n), tokens.expand(n, -1, -1, -1), {k: v.expand(n, -1, -1) for k, v in ref_tokens.items()},
+        {k: v.repeat(n, 1, 1, 1) for k, v in motion_feats.items()},
     ))
     steps = config.guidance.steps
     return {
         "reference_net": refnet,
         "audio_to_latents": a2l,
-        "denoiser_step_3_branches": step,
-        "denoiser_per_frame_evaluation": step // (3 * F),
+        "branches": n,
+        "denoiser_step": step,
+        "denoiser_per_frame_evaluation": step // (n * F),
         "steps": steps,
         "clip_total": refnet + a2l + steps * step,
     }
@@ -93,6 +96,7 @@ def model_card(config, flops: bool = False) -> dict:
         "motion_frames": M,
         "resolution": config.resolution,
         "fps": config.fps,
+        "guidance_distilled": config.guidance.distilled,
     }
     if flop_counts is not None:
         card["flops"] = flop_counts
@@ -108,14 +112,16 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(card, indent=2))
         return 0
-    print(f"Loopy model '{card['config']}': {card['resolution']}x{card['resolution']} @ {card['fps']} fps")
+    distilled = " (guidance-distilled: one branch per step)" if card["guidance_distilled"] else ""
+    print(f"Loopy model '{card['config']}': {card['resolution']}x{card['resolution']} @ {card['fps']} fps{distilled}")
     for name, n in card["parameters"].items():
         print(f"  {name:<18} {n:>14,}")
     t = card["tsm"]
     print(f"  TSM s={t['s']} r={t['r']} K={t['K']}: {t['history_frames']} frames -> {t['motion_latents']} latents")
     if "flops" in card:
         f = card["flops"]
-        print(f"  FLOPs per clip ({f['steps']} steps, 3 guidance branches): {f['clip_total'] / 1e12:,.1f} TFLOP "
+        branches = f"{f['branches']} guidance branch{'es' if f['branches'] > 1 else ''}"
+        print(f"  FLOPs per clip ({f['steps']} steps, {branches}): {f['clip_total'] / 1e12:,.1f} TFLOP "
               f"(ReferenceNet {f['reference_net'] / 1e12:,.2f}, denoiser per frame evaluation "
               f"{f['denoiser_per_frame_evaluation'] / 1e12:,.3f})")
     for name, shape in card["clip_shapes"].items():

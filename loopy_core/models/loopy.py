@@ -47,6 +47,7 @@ class LoopyModel(nn.Module):
             unet_config=asdict(config.unet),
             temporal_config=asdict(config.temporal),
             tokens_to_timestep=config.a2l.add_to_timestep,
+            guidance_distilled=config.guidance.distilled,
         )
         self.audio_to_latents = AudioToLatents(**a2l_kwargs(config))
         self.tsm = TemporalSegmentModule(config.tsm)
