@@ -143,6 +143,74 @@ def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monk
         TrainConfig(model=str(init), data=str(root / "shards"), motion_noise_max=-0.1)
 
 
+def test_appearance_shift_is_a_colour_change_of_the_decoded_frames():
+    """On `pixel_unshuffle` latents the shift is exactly a per-colour gain and smooth offset of the image, the same
+    on every motion frame of a sample, another draw for each sample; amount 0 leaves a sample as it was."""
+    import torch.nn.functional as F
+
+    from loopy_core.config import VAEConfig
+    from training.objective import appearance_shift, colour_groups
+
+    vae = VAEConfig(kind="pixel_unshuffle", unshuffle_factor=4)
+    pixels = torch.rand(3, 3, 5, 32, 32) * 2 - 1  # [B, RGB, M, H, W]
+    latents = F.pixel_unshuffle(pixels.transpose(1, 2).flatten(0, 1), 4).unflatten(0, (3, 5)).transpose(1, 2)
+    groups = colour_groups(vae, latents.shape[1])
+    assert groups.tolist() == [c for c in range(3) for _ in range(16)]
+    out = appearance_shift(latents, groups, torch.tensor([0.3, 0.0, 0.3]), torch.Generator().manual_seed(0))
+    image = F.pixel_shuffle(out.transpose(1, 2).flatten(0, 1), 4).unflatten(0, (3, 5)).transpose(1, 2)
+    assert torch.equal(out[1], latents[1])
+    for b in (0, 2):
+        # per colour, per pixel: image = gain * pixels + offset with one gain per colour and an offset field
+        # that is smooth (the 2x2 grid upsampled) and the same in all five frames
+        d = image[b] - pixels[b]
+        x, y = pixels[b], image[b]
+        gain = ((x - x.mean(1, keepdim=True)) * (y - y.mean(1, keepdim=True))).sum(1) / (
+            (x - x.mean(1, keepdim=True)) ** 2).sum(1)  # least squares over the frames, per pixel
+        assert torch.allclose(gain, gain[:, :1, :1].expand_as(gain), atol=1e-4)  # one gain per colour
+        g = gain[:, 0, 0]
+        assert (g - 1).abs().max() <= 0.3 + 1e-5 and (g - 1).abs().max() > 0.0
+        offset = y - g.view(3, 1, 1, 1) * x
+        assert torch.allclose(offset, offset[:, :1].expand_as(offset), atol=1e-5)  # same in all frames
+        assert offset.abs().max() <= 0.3 + 1e-5 and offset[:, 0].std() > 0  # a field, not a constant
+        assert d.abs().max() > 0.01
+    assert not torch.allclose(out[0] - latents[0], out[2] - latents[2])  # one draw per sample
+    assert colour_groups(VAEConfig(), 4).tolist() == [0, 1, 2, 3]  # SD latents: each channel its own group
+
+
+def test_motion_appearance_reaches_the_motion_frames_only(data, monkeypatch):
+    """`motion_appearance_max` changes what the ReferenceNet sees as motion frames, never the reference or a
+    sample whose motion frames are the video-start padding; at 0 the random stream is that of a run without it."""
+    from training.objective import LoopyObjective
+
+    root, init = data
+    model = load_checkpoint(init).eval()
+    ds = ShardDataset(root / "shards", model.config, stage=2)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    seen = []
+    forward = model.reference_net.forward
+    monkeypatch.setattr(model.reference_net, "forward", lambda ref, mf: seen.append((ref, mf)) or forward(ref, mf))
+
+    def run(amount, p_drop=0.0):
+        cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, p_drop_motion_frames=p_drop,
+                          motion_appearance_max=amount)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            LoopyObjective(model, cfg)(batch, gen)
+        return seen[-1], gen.get_state()
+
+    (ref0, clean), state = run(0.0)
+    assert torch.equal(clean, batch["motion"])
+    (ref1, shifted), state_on = run(0.4)
+    assert torch.equal(ref1, ref0) and torch.equal(ref1, batch["ref"])
+    moved = (shifted - clean).flatten(1).abs().amax(dim=1)
+    assert (moved > 0).all() and (moved <= 0.4 * (1 + clean.abs().max()) + 1e-5).all()
+    assert not torch.equal(state_on, state)
+    (_, padded), _ = run(0.4, p_drop=1.0)  # every sample's motion frames are the padding: left alone
+    assert torch.equal(padded, batch["ref"][:, :, None].expand_as(padded))
+    with pytest.raises(ValueError, match="motion_appearance_max"):
+        TrainConfig(model=str(init), data=str(root / "shards"), motion_appearance_max=-0.1)
+
+
 @pytest.mark.parametrize("tsm", ["paper", "shorter_than_a_clip"])
 def test_own_history_puts_the_models_estimate_of_the_previous_clip_into_the_motion_frames(data, monkeypatch, tsm):
     """`self_history_prob`: the motion frames of a picked sample equal the TSM of the true history whose last F

@@ -87,6 +87,10 @@ class TrainConfig:
     # long-video robustness: motion frames get Gaussian noise of a std drawn per sample from [0, motion_noise_max]
     # (in latent units), so the model learns not to copy the flaws of its own generated history; 0 = off
     motion_noise_max: float = 0.0
+    # reference path: motion frames get a random colour and lighting change (gain and smooth offset of up to this
+    # much, latent units, per sample; the reference and the target keep theirs), so the model learns to take the
+    # appearance from the reference and only the motion from the motion frames; 0 = off
+    motion_appearance_max: float = 0.0
     # long-video robustness: this share of samples sees the clip before its target, inside the motion frames, as the
     # model's own x0 estimate of it from a noised copy (timestep uniform), so it learns to continue from its own
     # output, flaws included, towards the truth; 0 = off
@@ -122,6 +126,8 @@ class TrainConfig:
             raise ValueError("dropout probabilities must be >= 0 and p_drop_ref + p_drop_audio + p_drop_both <= 1")
         if self.motion_noise_max < 0:
             raise ValueError(f"motion_noise_max must be >= 0 (0 = off), got {self.motion_noise_max}")
+        if self.motion_appearance_max < 0:
+            raise ValueError(f"motion_appearance_max must be >= 0 (0 = off), got {self.motion_appearance_max}")
         if not 0 <= self.self_history_prob <= 1:
             raise ValueError(f"self_history_prob must be in [0, 1] (0 = off), got {self.self_history_prob}")
         if not isinstance(self.model_changes, dict):

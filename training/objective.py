@@ -14,6 +14,8 @@ audio-to-latents modality mix (audio only / audio + motion statistics / motion s
 `motion_noise_max > 0` the motion frames also get Gaussian noise of a per-sample std (drawn after the rest, so runs
 without it keep their random stream). With `self_history_prob > 0`, drawn before that noise, a share of the
 samples sees its previous clip, inside the motion frames, as the model's own x0 estimate of it (`own_history`).
+With `motion_appearance_max > 0` (drawn last) the motion frames of each sample, not its reference or target, get a
+random colour and lighting change (`appearance_shift`), so the appearance has to come from the reference.
 
 Guidance distillation (a `teacher`, `TrainConfig.distill`): the same draws, noisy input and motion frames, but the
 student sees every condition and the guidance scales (drawn last, per sample), and its target is the frozen
@@ -69,6 +71,30 @@ def predicted_x0(scheduler, sample: torch.Tensor, pred: torch.Tensor, t: torch.T
     return (sample - s * pred) / a.clamp_min(1e-4)  # epsilon: ill-posed at zero terminal SNR, hence the clamp
 
 
+def colour_groups(vae, channels: int) -> torch.Tensor:
+    """`[channels]`: the image colour channel each latent channel carries. Exact for `pixel_unshuffle` (channel
+    `c * f * f + i * f + j` holds colour `c`); SD's VAE mixes colours, so each of its latent channels is its own
+    group there (a per-channel affine change of SD latents is an approximate colour change)."""
+    if vae.kind == "pixel_unshuffle":
+        return torch.arange(channels) // vae.unshuffle_factor**2
+    return torch.arange(channels)
+
+
+def appearance_shift(motion: torch.Tensor, groups: torch.Tensor, amount: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """`motion` `[B, C, M, h, w]` with one random colour and lighting change per sample, the same on all its M
+    frames (it reads as another appearance, not as noise): per colour group a gain `1 + a * u` and a smooth offset
+    field `a * u` drawn on a 2x2 grid and bilinearly upsampled, `u ~ U(-1, 1)`, `a = amount[b]` `[B]`."""
+    B, C, M, h, w = motion.shape
+    G = int(groups.max()) + 1
+    a = amount.view(B, 1, 1, 1)
+    gain = 1 + a * (2 * torch.rand(B, G, 1, 1, generator=generator) - 1)
+    field = a * (2 * torch.rand(B, G, 2, 2, generator=generator) - 1)
+    field = F.interpolate(field, size=(h, w), mode="bilinear", align_corners=True)  # [B, G, h, w]
+    gain, field = gain[:, groups], field[:, groups]  # [B, C, 1 | h, w]
+    return motion * gain[:, :, None].to(motion) + field[:, :, None].to(motion)
+
+
 class LoopyObjective(nn.Module):
     def __init__(self, model: LoopyModel, train_config, teacher: LoopyModel | None = None):
         super().__init__()
@@ -122,7 +148,7 @@ class LoopyObjective(nn.Module):
 
     def motion_frames(self, batch: dict[str, torch.Tensor], v: torch.Tensor, generator: torch.Generator):
         """The batch's motion frames as the model sees them: the video-start padding where `v` says, the model's
-        own history and Gaussian noise where the config asks for them."""
+        own history, Gaussian noise and an appearance change where the config asks for them."""
         cfg, motion = self.cfg, batch["motion"]
         drop_motion = (v < cfg.p_drop_motion_frames)[:, None, None, None, None]
         if cfg.self_history_prob > 0:
@@ -133,6 +159,11 @@ class LoopyObjective(nn.Module):
             sigma = torch.rand(B, generator=generator) * cfg.motion_noise_max
             jitter = torch.randn(motion.shape, generator=generator) * sigma.view(-1, 1, 1, 1, 1)
             motion = motion + jitter.to(motion.device, motion.dtype)
+        if cfg.motion_appearance_max > 0:  # not on the video-start padding: that is the reference itself
+            amount = torch.rand(motion.shape[0], generator=generator) * cfg.motion_appearance_max
+            amount = amount * ~drop_motion.flatten().cpu()
+            groups = colour_groups(self.model.config.vae, motion.shape[1])
+            motion = appearance_shift(motion, groups, amount, generator)
         return motion
 
     def sample_scales(self, batch: int, generator: torch.Generator) -> torch.Tensor:
