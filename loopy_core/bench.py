@@ -10,9 +10,10 @@
 - `animatediff`: seconds per clip of diffusers' end-to-end `AnimateDiffPipeline` (same widths and VAE, 2 guidance
   branches, decode included) beside ours (3 branches);
 - `breakdown`: shares of a clip's time in audio features, ReferenceNet, denoiser, VAE decode and video writing;
-- `channels_last`, `compile`, `compile_denoiser`: seconds per clip with `LoopyPipeline.optimize` (channels-last
-  weights; `torch.compile` of the denoiser's blocks one by one, or of the whole denoiser as one graph; the one-off
-  compile time reported apart) over the eager default;
+- `channels_last`, `compile`, `compile_denoiser`, `compile_cudagraphs`: seconds per clip with
+  `LoopyPipeline.optimize` (channels-last weights; `torch.compile` of the denoiser's blocks one by one, of the whole
+  denoiser as one graph, or of the whole denoiser with CUDA graphs, inductor's `reduce-overhead` mode; the one-off
+  compile time reported apart) over the eager default, with peak device memory;
 - `sampling`: seconds per clip for the sampling settings of `SAMPLING` (fewer steps, guidance on part of the steps,
   two branches) against the paper's 25 DDIM steps with three branches;
 - `distilled`: seconds per clip of a guidance-distilled student (one branch per step, the scales as inputs) at
@@ -199,8 +200,12 @@ def bench_optimized(config: LoopyConfig, device, dtype, steps: int, eager_s: flo
     """Seconds per clip with `LoopyPipeline.optimize(**optimize)` over `eager_s`; a compile's first clip apart."""
     pipe = build_pipeline(config, device, dtype, **optimize)
     first = timed(lambda: bench_clip(pipe, steps, repeats=1, warmup=0), device, repeats=1, warmup=0)
-    seconds = bench_clip(pipe, steps, repeats=3, warmup=0)["seconds_per_clip"]
-    return {"seconds_per_clip": seconds, "first_clip_s": first, "eager_s": eager_s, "speedup": eager_s / seconds}
+    clip = bench_clip(pipe, steps, repeats=3, warmup=0)
+    seconds = clip["seconds_per_clip"]
+    out = {"seconds_per_clip": seconds, "first_clip_s": first, "eager_s": eager_s, "speedup": eager_s / seconds}
+    if "peak_vram_gb" in clip:
+        out["peak_vram_gb"] = clip["peak_vram_gb"]
+    return out
 
 
 _RSS_SCRIPT = """
@@ -401,6 +406,8 @@ def run(config: LoopyConfig, device: str, dtype: torch.dtype, steps: int, what: 
     part("compile", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True))
     part("compile_denoiser", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True,
                                                      compile_scope="denoiser"))
+    part("compile_cudagraphs", lambda: bench_optimized(config, device, dtype, steps, eager(), compile=True,
+                                                       compile_scope="denoiser", compile_mode="reduce-overhead"))
     return results
 
 
@@ -436,11 +443,12 @@ def format_table(results: dict) -> str:
             row("AnimateDiffPipeline peak VRAM (GB)", f"{a['peak_vram_gb']:.2f}")
         if "ours_over_animatediff" in a:
             row("ours (3 branches) / AnimateDiffPipeline", f"{a['ours_over_animatediff']:.2f}x")
-    for name in ("channels_last", "compile", "compile_denoiser"):
+    for name in ("channels_last", "compile", "compile_denoiser", "compile_cudagraphs"):
         if name in results:
             o = results[name]
+            vram = f", peak {o['peak_vram_gb']:.2f} GB" if "peak_vram_gb" in o else ""
             row(f"{name.replace('_', '-')}: eager / optimized (speed)", f"{o['speedup']:.2f}x",
-                f"first clip {o['first_clip_s']:.1f} s")
+                f"first clip {o['first_clip_s']:.1f} s{vram}")
     for part in ("sampling", "distilled"):
         for name, r in results.get(part, {}).items():
             row(f"{name[:36]}: s/clip", f"{r['seconds_per_clip']:.3f}", f"{r['speedup']:.2f}x")

@@ -88,10 +88,12 @@ def test_bench_compile_parts_ask_for_their_scope(capsys, monkeypatch):
 
     monkeypatch.setattr(bench, "bench_optimized", fake_optimized)
     assert main(["bench", "--config", "tiny", "--steps", "1", "--device", "cpu",
-                 "--only", "clip,compile,compile_denoiser"]) == 0
-    assert asked == [{"compile": True}, {"compile": True, "compile_scope": "denoiser"}]
+                 "--only", "clip,compile,compile_denoiser,compile_cudagraphs"]) == 0
+    assert asked == [{"compile": True}, {"compile": True, "compile_scope": "denoiser"},
+                     {"compile": True, "compile_scope": "denoiser", "compile_mode": "reduce-overhead"}]
     out = capsys.readouterr().out
     assert "compile: eager / optimized" in out and "compile-denoiser: eager / optimized" in out
+    assert "compile-cudagraphs: eager / optimized" in out
 
 
 def test_bench_times_diffusers_animatediff_pipeline_end_to_end(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 PARTS = ("clip", "breakdown", "length", "tsm", "diffusers", "animatediff", "sampling", "distilled", "profile",
-         "channels_last", "compile", "compile_denoiser")
+         "channels_last", "compile", "compile_denoiser", "compile_cudagraphs")
 DEFAULT_PARTS = PARTS[:9]  # compiling takes minutes; ask for it by name
 
 
