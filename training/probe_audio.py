@@ -227,30 +227,43 @@ def print_report(report: dict) -> None:
         print("  " + ", ".join(f"{k} {v:.3f}" for k, v in report["readout"].items()))
 
 
-def main(argv=None) -> int:
-    from loopy_core.checkpoint import load_checkpoint
-
-    p = argparse.ArgumentParser(prog="python -m training.probe_audio", description=__doc__.split("\n")[0])
+def probe_arguments(prog: str, data_help: str) -> argparse.ArgumentParser:
+    """The options every probe takes (model, held-out shards, clips, noise levels, seed, device, JSON)."""
+    p = argparse.ArgumentParser(prog=prog, description=sys.modules[__name__].__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a Loopy checkpoint (.safetensors)")
-    p.add_argument("--data", required=True, help="training.preprocess shards of held-out videos")
+    p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--clips", type=int, default=16, help="held-out 12-frame clips (default 16)")
     p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
                    help="training timesteps to probe, comma-separated (default 999,800,600,400,200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-depth", action="store_true", help="skip the per-block numbers (faster)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the report here")
-    args = p.parse_args(argv)
+    return p
+
+
+def load_probed(p: argparse.ArgumentParser, args, swapped: str):
+    """The model and the checked noise levels of a probe's parsed `args`; `swapped` names what the swap takes from
+    another clip (so `--clips` must be at least 2)."""
+    from loopy_core.checkpoint import load_checkpoint
+
     try:
         levels = [int(v) for v in args.levels.split(",") if v.strip()]
     except ValueError:
         p.error(f"--levels must be comma-separated integers, got {args.levels!r}")
+    if args.clips < 2:
+        p.error(f"--clips must be at least 2 (the swapped {swapped} comes from another clip)")
     model = load_checkpoint(args.model).to(args.device)
     T = model.config.noise.num_train_timesteps
     if not levels or any(not 0 <= v < T for v in levels):
         p.error(f"--levels must lie in [0, {T - 1}], got {args.levels!r}")
-    if args.clips < 2:
-        p.error("--clips must be at least 2 (the swapped audio comes from another clip)")
+    return model, levels
+
+
+def main(argv=None) -> int:
+    p = probe_arguments("python -m training.probe_audio", "training.preprocess shards of held-out videos")
+    p.add_argument("--no-depth", action="store_true", help="skip the per-block numbers (faster)")
+    args = p.parse_args(argv)
+    model, levels = load_probed(p, args, "audio")
     batch = held_out_batch(args.data, model.config, args.clips, args.seed)
     report = {"model": str(args.model), "data": str(args.data),
               **probe(model, batch, levels, seed=args.seed, depth=not args.no_depth),

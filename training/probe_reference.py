@@ -25,7 +25,6 @@ trusts as clips chain (drift comes from the motion frames winning).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .probe_audio import DEFAULT_LEVELS, held_out_batch
+from .probe_audio import DEFAULT_LEVELS, held_out_batch, load_probed, probe_arguments
 
 APPEARANCE_GRID = 4  # latents are average-pooled to this many cells a side for the follow coefficients
 MID_VIDEO = ("true", "ref_swap", "ref_none", "motion_swap")
@@ -135,28 +134,11 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from loopy_core.checkpoint import load_checkpoint
-
-    p = argparse.ArgumentParser(prog="python -m training.probe_reference", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a Loopy checkpoint (.safetensors)")
-    p.add_argument("--data", required=True, help="training.preprocess shards of held-out videos (unseen identities)")
-    p.add_argument("--clips", type=int, default=16, help="held-out 12-frame clips (default 16)")
-    p.add_argument("--levels", default=",".join(map(str, DEFAULT_LEVELS)),
-                   help="training timesteps to probe, comma-separated (default 999,800,600,400,200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="write the report here")
+    p = probe_arguments("python -m training.probe_reference",
+                        "training.preprocess shards of held-out videos (unseen identities)")
+    p.description = __doc__.split("\n")[0]
     args = p.parse_args(argv)
-    try:
-        levels = [int(v) for v in args.levels.split(",") if v.strip()]
-    except ValueError:
-        p.error(f"--levels must be comma-separated integers, got {args.levels!r}")
-    if args.clips < 2:
-        p.error("--clips must be at least 2 (the swapped reference comes from another clip)")
-    model = load_checkpoint(args.model).to(args.device)
-    T = model.config.noise.num_train_timesteps
-    if not levels or any(not 0 <= v < T for v in levels):
-        p.error(f"--levels must lie in [0, {T - 1}], got {args.levels!r}")
+    model, levels = load_probed(p, args, "reference")
     batch = held_out_batch(args.data, model.config, args.clips, args.seed)
     report = {"model": str(args.model), "data": str(args.data), **probe(model, batch, levels, seed=args.seed)}
     print_report(report)
