@@ -77,21 +77,20 @@ NETWORKS = {
                        ("pt_inception-2015-12-05.safetensors", "pt_inception-2015-12-05-6726825d.pth")),
     "fvd": NetworkSpec("FVD", "I3D (Kinetics-400)", "--i3d", ("i3d_kinetics400.safetensors", "rgb_imagenet.pt")),
 }
-# summary rows: key -> (label, which way is better)
+# summary rows: key -> (label, which way is better, the per-video (section, field) it averages; None: a set metric)
 ROWS = {
-    "sync_c": ("Sync-C", "higher"),
-    "sync_d": ("Sync-D", "lower"),
-    "fid": ("FID", "lower"),
-    "fvd": ("FVD", "lower"),
-    "e_fid": ("E-FID", "lower"),
-    "iqa": ("IQA (Q-Align)", "higher"),
-    "glo": ("Glo (head keypoint variance, x1e3)", "closer to truth"),
-    "exp": ("Exp (expression keypoint variance, x1e3)", "closer to truth"),
-    "smoothness": ("Smoothness (neighbour-average proxy)", "higher"),
-    "drift": ("Drift (face colour, worst 10 s)", "lower"),
-    "seam_jitter": ("Seam jitter (1 = seamless)", "closer to 1"),
+    "sync_c": ("Sync-C", "higher", ("sync", "sync_c")),
+    "sync_d": ("Sync-D", "lower", ("sync", "sync_d")),
+    "fid": ("FID", "lower", None),
+    "fvd": ("FVD", "lower", None),
+    "e_fid": ("E-FID", "lower", None),
+    "iqa": ("IQA (Q-Align)", "higher", ("iqa", "score")),
+    "glo": ("Glo (head keypoint variance, x1e3)", "closer to truth", ("keypoints", "glo")),
+    "exp": ("Exp (expression keypoint variance, x1e3)", "closer to truth", ("keypoints", "exp")),
+    "smoothness": ("Smoothness (neighbour-average proxy)", "higher", ("smoothness", "score")),
+    "drift": ("Drift (face colour, worst 10 s)", "lower", ("drift", "face_max")),
+    "seam_jitter": ("Seam jitter (1 = seamless)", "closer to 1", ("seam_jitter", "ratio")),
 }
-SET_METRICS = ("fid", "fvd", "e_fid")  # pred set against truth set: no truth column
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,19 +386,6 @@ def score_video(prep: PreparedVideo, audio: np.ndarray | None, sample_rate: int 
     return result
 
 
-# per-video result -> summary value
-_PER_VIDEO = {
-    "sync_c": ("sync", "sync_c"),
-    "sync_d": ("sync", "sync_d"),
-    "iqa": ("iqa", "score"),
-    "glo": ("keypoints", "glo"),
-    "exp": ("keypoints", "exp"),
-    "smoothness": ("smoothness", "score"),
-    "drift": ("drift", "face_max"),
-    "seam_jitter": ("seam_jitter", "ratio"),
-}
-
-
 def _mean_over_videos(videos: list[dict], side: str, section: str, key: str) -> tuple[float | None, str]:
     values = [v[side][section][key] for v in videos if v[side][section].get("available")]
     reasons = sorted({v[side][section].get("reason", "") for v in videos if not v[side][section].get("available")})
@@ -487,7 +473,10 @@ def run_suite(
             callback({"index": index, "total": len(pairs), "name": entry.name, "record": record})
     # 4. summary: means over videos, and the set metrics
     summary: dict[str, dict] = {}
-    for key, (section, field) in _PER_VIDEO.items():
+    for key, (_, _, source) in ROWS.items():
+        if source is None:
+            continue
+        section, field = source
         row: dict[str, Any] = {}
         for side in ("pred", "truth"):
             row[side], row[f"{side}_note"] = _mean_over_videos(videos, side, section, field)
@@ -539,12 +528,12 @@ def markdown_report(result: dict, title: str = "loopy eval-suite") -> str:
         "| metric | model | ground truth | better | notes |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for key, (label, better) in ROWS.items():
+    for key, (label, better, _) in ROWS.items():
         row = result["summary"][key]
         if not row.get("available"):
             lines.append(f"| {label} | not computed | not computed | {better} | {row.get('reason', '')} |")
             continue
-        if key in SET_METRICS:
+        if "value" in row:  # a set metric (pred set against truth set): no truth column
             lines.append(f"| {label} | {_cell(row['value'])} | (reference set) | {better} | {row.get('note', '')} |")
             continue
         notes = "; ".join(f"{side}: {row[f'{side}_note']}" for side in ("pred", "truth") if row.get(f"{side}_note"))
