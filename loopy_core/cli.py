@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-COMMANDS = ("init", "inspect", "generate", "batch", "demo", "synth", "eval", "bench", "comfyui_queue")
+COMMANDS = ("init", "inspect", "generate", "batch", "demo", "synth", "eval", "eval_suite", "bench", "comfyui_queue")
 
 
 def build_parser() -> argparse.ArgumentParser:

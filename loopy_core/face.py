@@ -118,6 +118,19 @@ def detect_face(image: Any) -> tuple[int, int, int, int] | None:
     return tuple(round(v / scale) for v in box)  # type: ignore[return-value]
 
 
+def detect_face_box(frames: np.ndarray, samples: int = 12) -> np.ndarray | None:
+    """Median face box `(x, y, w, h)` of `detect_face` over `samples` frames spread over `[T, H, W, 3]` uint8
+    `frames` (one steady box for a whole video), or None if no face is found in any of them."""
+    boxes = []
+    for i in np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int):
+        box = detect_face(frames[i].astype(np.float32) / 255.0)
+        if box is not None:
+            boxes.append(box)
+    if not boxes:
+        return None
+    return np.median(np.array(boxes, dtype=np.float32), axis=0)
+
+
 def crop_box(image_shape: Sequence[int], face_box: Sequence[float] | None, margin: float = 1.8) -> CropInfo:
     """The square crop around `face_box` (`(x, y, w, h)`): side `margin` x the face's larger side, centred on the
     face, shifted and (if needed) shrunk to stay inside the image. No face: the centre square, `found=False`."""

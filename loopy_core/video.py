@@ -30,7 +30,16 @@ logger = logging.getLogger(__name__)
 # Sample rates the AAC encoder accepts; other rates are resampled to 48 kHz before muxing.
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 
-__all__ = ["VideoData", "VideoWriter", "load_audio", "make_temp_path", "read_video", "save_wav", "to_uint8_frames"]
+__all__ = [
+    "VideoData",
+    "VideoWriter",
+    "load_audio",
+    "make_temp_path",
+    "read_video",
+    "resample_frames",
+    "save_wav",
+    "to_uint8_frames",
+]
 
 
 def to_uint8_frames(frames: Any) -> np.ndarray:
@@ -334,6 +343,14 @@ def read_video(path: str | os.PathLike) -> VideoData:
             raise ValueError(f"video file has no frames: {path}")
         audio, sample_rate = collector.finish() if collector is not None else (None, None)
     return VideoData(frames=np.stack(frames), fps=fps, audio=audio, sample_rate=sample_rate)
+
+
+def resample_frames(frames: np.ndarray, src_fps: float, fps: float) -> np.ndarray:
+    """Nearest-frame resampling of `[T, H, W, 3]` from `src_fps` to `fps` (the frame shown at each new time)."""
+    duration = len(frames) / src_fps
+    n = int(np.floor(duration * fps + 1e-6))
+    idx = np.minimum(np.floor(np.arange(n) / fps * src_fps + 1e-6).astype(int), len(frames) - 1)
+    return frames[idx]
 
 
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -49,6 +49,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from loopy_core.face import detect_face_box
+from loopy_core.video import resample_frames
+
 logger = logging.getLogger("training.preprocess")
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
@@ -60,28 +63,6 @@ LOWER_FACE_MOUTH = (0.5, 0.7, 0.16, 0.08)  # the pixel proxies' mouth box: the l
 
 class SkipVideo(Exception):
     """A video that can't become training data; the message is the logged reason."""
-
-
-def resample_frames(frames: np.ndarray, src_fps: float, fps: float) -> np.ndarray:
-    """Nearest-frame resampling of `[T, H, W, 3]` from `src_fps` to `fps`."""
-    duration = len(frames) / src_fps
-    n = int(np.floor(duration * fps + 1e-6))
-    idx = np.minimum(np.floor(np.arange(n) / fps * src_fps + 1e-6).astype(int), len(frames) - 1)
-    return frames[idx]
-
-
-def detect_face_box(frames: np.ndarray, samples: int = 12):
-    """Median face box `(x, y, w, h)` over sampled frames (`loopy_core.face.detect_face`), or None if none found."""
-    from loopy_core.face import detect_face
-
-    boxes = []
-    for i in np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int):
-        box = detect_face(frames[i].astype(np.float32) / 255.0)
-        if box is not None:
-            boxes.append(box)
-    if not boxes:
-        return None
-    return np.median(np.array(boxes, dtype=np.float32), axis=0)
 
 
 def square_crop(frames: np.ndarray, box, margin: float) -> tuple[np.ndarray, tuple[int, int, int]]:
