@@ -54,6 +54,18 @@ def test_estimators_track_the_ground_truth(seed, talking):
     assert measured.valid.mean() > 0.9
 
 
+@pytest.mark.parametrize("seed", [3, 9])
+def test_estimators_track_the_wide_appearance_world(seed):
+    """Texture and lighting of `appearance="wide"` stay under the estimators' colour thresholds."""
+    sample = make_sample(seed, 6.0, 64, appearance="wide")
+    assert sample.identity.texture > 0
+    measured = measure_faces(sample.frames)
+    truth = sample.truth["frames"]
+    for key in ("mouth_open", "tx", "ty", "roll", "yaw"):
+        assert corr(getattr(measured, key), truth[key]) >= ESTIMATOR_MIN_CORR, key
+    assert measured.valid.mean() > 0.9
+
+
 def test_estimators_survive_an_mp4_round_trip(talking, tmp_path):
     sample = talking[0]
     with VideoWriter(tmp_path / "v.mp4", FPS, sample.audio, SR) as writer:

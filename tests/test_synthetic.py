@@ -128,6 +128,35 @@ def test_identity_colours_stay_apart_and_round_trip():
         FaceIdentity.from_dict({"nose": 1.0})
 
 
+def test_wide_appearance_draws_textured_lit_identities_and_leaves_plain_unchanged():
+    plain = FaceIdentity.random(np.random.default_rng(4))
+    assert plain.texture == 0.0 and plain.light == (0.0, 0.0)
+    assert FaceIdentity.random(np.random.default_rng(4), "plain") == plain  # the default space is the old one
+    wide = [FaceIdentity.random(np.random.default_rng(seed), "wide") for seed in range(40)]
+    for identity in wide:
+        skin, hair, bg = (np.array(c) for c in (identity.skin, identity.hair, identity.background))
+        assert min(np.linalg.norm(skin - hair), np.linalg.norm(skin - bg), np.linalg.norm(hair - bg)) > 0.3
+        assert 0.01 <= identity.texture <= 0.04 and np.hypot(*identity.light) <= 0.08 + 1e-6
+        assert FaceIdentity.from_dict(json.loads(json.dumps(identity.to_dict()))) == identity
+    # the backgrounds leave the plain palette's neighbourhood: a wider space than the five jittered entries
+    palette = np.array([FaceIdentity.random(np.random.default_rng(s)).background for s in range(200)])
+    far = [min(np.linalg.norm(palette - np.array(i.background), axis=1)) for i in wide]
+    assert max(far) > 0.15
+    # texture and light vary brightness inside the skin and the background, and the texture moves with the head
+    identity = wide[0]
+    state = FaceState.neutral(2)
+    state.tx[1] = 0.06
+    frames = render_faces(identity, state, 64)
+    flat = render_faces(FaceIdentity.from_dict({**identity.to_dict(), "texture": 0.0, "light": [0.0, 0.0]}), state, 64)
+    assert (frames - flat).abs().amax() > 0.005 and torch.equal(flat[0, 0, 0], torch.tensor(identity.background))
+    cheek = (slice(34, 40), slice(24, 30))  # on the face in both frames
+    moved = (slice(34, 40), slice(28, 34))  # the same skin, 0.06 * 64 = 3.8 px to the right
+    skin_gain = frames[..., 1] / flat[..., 1]
+    assert (skin_gain[0][cheek] - skin_gain[1][moved]).abs().mean() < (skin_gain[0][cheek] - skin_gain[1][cheek]).abs().mean()
+    with pytest.raises(ValueError, match="appearance"):
+        FaceIdentity.random(np.random.default_rng(0), "photo")
+
+
 def test_face_state_and_render_checks():
     with pytest.raises(ValueError, match="same length"):
         FaceState(np.zeros(3), np.ones(3), np.zeros(2), np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3))
@@ -254,3 +283,13 @@ def test_cli_synth_with_espeak(tmp_path):
     truth = read_truth(tmp_path / "000000.json")
     assert truth["speech"]["source"] == "espeak" and truth["speech"]["voice"]
     assert truth["frames"]["envelope"].max() == pytest.approx(1.0)
+
+
+def test_write_dataset_records_the_appearance(tmp_path):
+    index = write_dataset(tmp_path / "wide", 1, 0.4, size=32, seed=3, appearance="wide")
+    assert index["appearance"] == "wide"
+    truth = read_truth(tmp_path / "wide" / index["videos"][0]["truth"])
+    assert truth["identity"]["texture"] > 0
+    with pytest.raises(ValueError, match="appearance must be one of"):
+        write_dataset(tmp_path / "bad", 1, 0.4, size=32, appearance="photo")
+    assert not (tmp_path / "bad").exists()

@@ -19,6 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="babble: built-in synthesiser (default); espeak: espeak-ng voices (needs espeak-ng)",
     )
     p.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
+    p.add_argument(
+        "--appearance",
+        choices=["plain", "wide"],
+        default="plain",
+        help="plain: flat colours from small palettes (default, the demo model's world); wide: continuous colours, "
+        "a lighting gradient and a smooth texture, for training a reference path that copies appearance",
+    )
     p.add_argument("--languages", help="espeak languages to draw from, comma-separated (default: all)")
     p.add_argument("--variants", help="espeak voice variants to draw from, comma-separated, '' for the plain voice")
     p.set_defaults(func=run)
@@ -39,11 +46,11 @@ def run(args) -> int:
     start = time.perf_counter()
     index = write_dataset(
         args.out, args.videos, args.seconds, size=args.size, seed=args.seed, speech=args.speech, fps=args.fps,
-        **espeak_options,
+        appearance=args.appearance, **espeak_options,
     )
     frames = sum(v["num_frames"] for v in index["videos"])
     print(
         f"wrote {len(index['videos'])} video(s) ({frames} frames, {args.size}x{args.size}, {args.fps:g} fps, "
-        f"{args.speech} speech) to {args.out} in {time.perf_counter() - start:.1f} s"
+        f"{args.speech} speech, {args.appearance} appearance) to {args.out} in {time.perf_counter() - start:.1f} s"
     )
     return 0

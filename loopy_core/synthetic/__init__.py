@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from .dataset import FORMAT, read_index, read_truth, write_dataset
-from .face import FaceIdentity, FaceState, neutral_face, render_faces
+from .face import APPEARANCES, FaceIdentity, FaceState, neutral_face, render_faces
 from .speech import SAMPLE_RATE, babble, espeak_available, espeak_speech, make_speech, speech_envelope
 from .world import SyntheticSample, make_dynamics, make_sample, render_video
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..video import VideoWriter, make_temp_path
+from .face import APPEARANCES
 from .speech import SPEECH_KINDS, espeak_available
 from .world import child_seeds, make_sample
 
@@ -98,16 +99,20 @@ def write_dataset(
     speech: str = "babble",
     fps: float = 25.0,
     crf: int = 18,
+    appearance: str = "plain",
     **espeak_options,
 ) -> dict:
     """Render `videos` synthetic samples into `out_dir` (see the module docstring); returns the index dict.
-    `espeak_options` (languages, variants) restrict the espeak voices."""
+    `appearance` is the identities' space (`plain` or `wide`, `face.FaceIdentity.random`); `espeak_options`
+    (languages, variants) restrict the espeak voices."""
     if int(videos) < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     if not np.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"seconds must be a positive number, got {seconds}")
     if int(size) < 16 or int(size) % 2:
         raise ValueError(f"size must be an even integer >= 16 (H.264 needs even sizes), got {size}")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
     if speech not in SPEECH_KINDS:
         raise ValueError(f"speech must be one of {SPEECH_KINDS}, got {speech!r}")
     if speech == "espeak" and not espeak_available():
@@ -123,12 +128,14 @@ def write_dataset(
         "seconds": float(seconds),
         "seed": int(seed),
         "speech": speech,
+        "appearance": appearance,
         "sample_rate": None,
         "videos": [],
     }
     for i, video_seed in enumerate(child_seeds(seed, int(videos))):
         vid = f"{i:06d}"
-        sample = make_sample(video_seed, seconds, int(size), fps=fps, speech=speech, **espeak_options)
+        sample = make_sample(video_seed, seconds, int(size), fps=fps, speech=speech, appearance=appearance,
+                             **espeak_options)
         with VideoWriter(os.path.join(out_dir, f"{vid}.mp4"), fps, sample.audio, sample.sample_rate, crf) as writer:
             writer.write(sample.frames)
         _save_png(os.path.join(out_dir, f"{vid}.png"), sample.reference)

@@ -12,6 +12,12 @@ the image by `image = centre + R(roll) @ head`, with `centre = NEUTRAL_CENTRE + 
 eyes and mouth slide sideways by `yaw * YAW_SHIFT * face_width`, the far eye narrows, and the face outline narrows a
 little. So in the image, roll > 0 turns the head clockwise, tx > 0 moves it right, ty > 0 moves it down.
 
+Two appearance spaces (`FaceIdentity.random(rng, appearance)`): `plain`, flat colours from small palettes (the
+world the demo model was trained in), and `wide`, colours from continuous ranges plus a lighting gradient across
+the picture and a smooth multiplicative texture (in head coordinates on hair and skin, so it moves with the head; in
+image coordinates on the background), so that a model can only draw an unseen identity by copying its reference.
+Both keep their amplitudes under the estimators' colour thresholds (`loopy_core.eval.estimators`).
+
 The eye and mouth colours are the same for every identity (`EYE_RGB`, `MOUTH_RGB`), and identity colours are
 sampled away from them and from each other, so the estimators in `loopy_core.eval` can find the features from
 pixels alone. Shapes: frames are float [T, H, W, 3] in 0..1 at any square size H = W.
@@ -37,6 +43,8 @@ _FEATURES = (EYE_RGB, MOUTH_RGB)
 _SKIN_TONES = ((0.96, 0.80, 0.69), (0.91, 0.72, 0.58), (0.82, 0.62, 0.47), (0.68, 0.49, 0.36), (0.55, 0.38, 0.27))
 _HAIR = ((0.16, 0.12, 0.09), (0.35, 0.22, 0.12), (0.55, 0.40, 0.24), (0.86, 0.74, 0.47), (0.62, 0.62, 0.64))
 _BACKGROUNDS = ((0.20, 0.35, 0.60), (0.25, 0.55, 0.45), (0.55, 0.60, 0.68), (0.42, 0.30, 0.55), (0.78, 0.84, 0.86))
+APPEARANCES = ("plain", "wide")
+TEXTURE_GRID = 7  # control points per unit of head or image coordinates of the smooth texture
 
 
 @dataclass(frozen=True)
@@ -54,22 +62,42 @@ class FaceIdentity:
     eye_spacing: float = 0.42  # eye centre distance from the axis, fraction of the face half-width
     eye_size: float = 0.17  # eye half-width, fraction of the face half-width
     mouth_width: float = 0.42  # mouth half-width, fraction of the face half-width
+    light: tuple[float, float] = (0.0, 0.0)  # brightness change per image width (x) and height (y), centred
+    texture: float = 0.0  # amplitude of the smooth multiplicative texture (0 = flat colours)
+    texture_seed: int = 0
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> FaceIdentity:
-        """Draw an identity; colours are jittered palette entries kept apart from each other and the features."""
+    def random(cls, rng: np.random.Generator, appearance: str = "plain") -> FaceIdentity:
+        """Draw an identity of the `appearance` space (`plain` or `wide`, see the module docstring); colours are
+        kept apart from each other and from the features. `plain` draws exactly what it always drew."""
+        if appearance not in APPEARANCES:
+            raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+        wide = appearance == "wide"
 
         def pick(palette, jitter):
             base = np.array(palette[rng.integers(len(palette))])
             return np.clip(base + rng.uniform(-jitter, jitter, 3), 0.0, 1.0)
 
+        def pick_wide(palette):  # anywhere between two palette entries, then a colour cast
+            a, b = (np.array(palette[i]) for i in rng.integers(len(palette), size=2))
+            return np.clip(a + rng.uniform() * (b - a) + rng.uniform(-0.1, 0.1, 3), 0.0, 1.0)
+
         while True:
-            skin, hair, bg = pick(_SKIN_TONES, 0.04), pick(_HAIR, 0.05), pick(_BACKGROUNDS, 0.08)
+            if wide:
+                skin, hair, bg = pick_wide(_SKIN_TONES), pick_wide(_HAIR), rng.uniform(0.05, 0.95, 3)
+            else:
+                skin, hair, bg = pick(_SKIN_TONES, 0.04), pick(_HAIR, 0.05), pick(_BACKGROUNDS, 0.08)
             pairs = [(skin, hair), (skin, bg), (hair, bg)] + [
                 (c, np.array(f)) for c in (skin, hair) for f in _FEATURES
             ]
             if min(np.linalg.norm(a - b) for a, b in pairs) > 0.3:
                 break
+        extra = {}
+        if wide:
+            angle = rng.uniform(0, 2 * np.pi)
+            strength = rng.uniform(0.0, 0.08)
+            extra = dict(light=(round(float(strength * np.cos(angle)), 4), round(float(strength * np.sin(angle)), 4)),
+                         texture=round(float(rng.uniform(0.01, 0.04)), 4), texture_seed=int(rng.integers(2**31)))
         return cls(
             skin=tuple(round(float(c), 4) for c in skin),
             hair=tuple(round(float(c), 4) for c in hair),
@@ -82,6 +110,7 @@ class FaceIdentity:
             eye_spacing=round(float(rng.uniform(0.34, 0.5)), 4),
             eye_size=round(float(rng.uniform(0.14, 0.2)), 4),
             mouth_width=round(float(rng.uniform(0.34, 0.5)), 4),
+            **extra,
         )
 
     def to_dict(self) -> dict:
@@ -153,6 +182,21 @@ def _paint(image: torch.Tensor, alpha: torch.Tensor, rgb) -> torch.Tensor:
     return image + alpha[..., None] * (colour - image)
 
 
+def _texture_grids(identity: FaceIdentity, device: torch.device) -> torch.Tensor:
+    """Two smooth noise grids in -1..1, [2, 1, G, G]: the head's and the background's."""
+    gen = torch.Generator().manual_seed(identity.texture_seed)
+    return (torch.rand(2, 1, TEXTURE_GRID, TEXTURE_GRID, generator=gen) * 2 - 1).to(device)
+
+
+def _sample_texture(grid: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The noise `grid` [1, 1, G, G] read at coordinates x, y [t, H, W] (one grid spans -0.5..0.5, repeated by
+    reflection beyond), bicubic so it is smooth: [t, H, W]."""
+    at = torch.stack([x, y], dim=-1) * 2.0  # grid_sample's -1..1 spans one grid
+    grid = grid.expand(x.shape[0], -1, -1, -1)
+    out = torch.nn.functional.grid_sample(grid, at, mode="bicubic", padding_mode="reflection", align_corners=True)
+    return out[:, 0].clamp(-1.0, 1.0)
+
+
 def _render_chunk(identity: FaceIdentity, state: dict, size: int, device: torch.device) -> torch.Tensor:
     """Frames for one chunk of states (tensors [t, 1, 1]): float [t, size, size, 3]."""
     state = {k: v.to(device) for k, v in state.items()}
@@ -176,7 +220,18 @@ def _render_chunk(identity: FaceIdentity, state: dict, size: int, device: torch.
     # 3. face: a superellipse narrowing towards the chin
     width = fw * (1.0 - 0.06 * yaw.abs()) * (1.0 - identity.chin_taper * (y / fh).clamp(0.0, 1.0))
     face = _ellipse_sdf(x, y, width, fh, identity.squareness)
-    image = _paint(image, _coverage(face, pixel), identity.skin)
+    face_alpha = _coverage(face, pixel)
+    image = _paint(image, face_alpha, identity.skin)
+    if identity.texture or any(identity.light):
+        # lighting and texture change brightness multiplicatively; the eyes and mouth, painted next, keep their colours
+        head = torch.maximum(_coverage(hair, pixel), face_alpha)
+        gain = 1.0 + identity.light[0] * (u[None] - 0.5) + identity.light[1] * (v[None] - 0.5)
+        if identity.texture:
+            grids = _texture_grids(identity, device)
+            still = (u - 0.5).expand_as(x), (v - 0.5).expand_as(x)  # the background's texture stays put
+            noise = head * _sample_texture(grids[:1], x, y) + (1 - head) * _sample_texture(grids[1:], *still)
+            gain = gain + identity.texture * noise
+        image = image * gain[..., None]
     # 4. eyes: the far eye narrows with yaw; blinking squashes them vertically
     shift = yaw * YAW_SHIFT * fw
     ew = identity.eye_size * fw

@@ -141,9 +141,11 @@ def make_sample(
     fps: float = 25.0,
     speech: str = "babble",
     device: str | torch.device = "cpu",
+    appearance: str = "plain",
     **espeak_options,
 ) -> SyntheticSample:
-    """A whole synthetic sample from one seed: speech, identity, dynamics, rendered frames. Deterministic per seed."""
+    """A whole synthetic sample from one seed: speech, identity, dynamics, rendered frames. Deterministic per seed.
+    `appearance` picks the identity's space (`plain` or `wide`, see `face`); speech and dynamics do not depend on it."""
     if not np.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"seconds must be a positive number, got {seconds}")
     if fps <= 0:
@@ -155,7 +157,7 @@ def make_sample(
     audio, speech_info = make_speech(speech, num_samples / SAMPLE_RATE, speech_seed, **espeak_options)
     audio = np.pad(audio, (0, max(0, num_samples - len(audio))))[:num_samples]
     # 2. identity and dynamics
-    identity = FaceIdentity.random(np.random.default_rng(identity_seed))
+    identity = FaceIdentity.random(np.random.default_rng(identity_seed), appearance)
     envelope = speech_envelope(audio, SAMPLE_RATE, fps, num_frames)
     state, sway = make_dynamics(envelope, fps, np.random.default_rng(dynamics_seed))
     # 3. pixels and truth
