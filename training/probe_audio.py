@@ -227,9 +227,9 @@ def print_report(report: dict) -> None:
         print("  " + ", ".join(f"{k} {v:.3f}" for k, v in report["readout"].items()))
 
 
-def probe_arguments(prog: str, data_help: str) -> argparse.ArgumentParser:
+def probe_arguments(prog: str, description: str, data_help: str) -> argparse.ArgumentParser:
     """The options every probe takes (model, held-out shards, clips, noise levels, seed, device, JSON)."""
-    p = argparse.ArgumentParser(prog=prog, description=sys.modules[__name__].__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--model", required=True, help="a Loopy checkpoint (.safetensors)")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--clips", type=int, default=16, help="held-out 12-frame clips (default 16)")
@@ -260,7 +260,8 @@ def load_probed(p: argparse.ArgumentParser, args, swapped: str):
 
 
 def main(argv=None) -> int:
-    p = probe_arguments("python -m training.probe_audio", "training.preprocess shards of held-out videos")
+    p = probe_arguments("python -m training.probe_audio", __doc__.split("\n")[0],
+                        "training.preprocess shards of held-out videos")
     p.add_argument("--no-depth", action="store_true", help="skip the per-block numbers (faster)")
     args = p.parse_args(argv)
     model, levels = load_probed(p, args, "audio")

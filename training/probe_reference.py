@@ -134,9 +134,8 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = probe_arguments("python -m training.probe_reference",
+    p = probe_arguments("python -m training.probe_reference", __doc__.split("\n")[0],
                         "training.preprocess shards of held-out videos (unseen identities)")
-    p.description = __doc__.split("\n")[0]
     args = p.parse_args(argv)
     model, levels = load_probed(p, args, "reference")
     batch = held_out_batch(args.data, model.config, args.clips, args.seed)
