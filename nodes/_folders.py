@@ -6,7 +6,11 @@ Keys (ComfyUI's `folder_paths` names):
   (`loopy_core/assets/**/*.safetensors`, e.g. `demo/loopy_demo.safetensors`) are a further folder of the same key, so
   they are listed and load with no download;
 - `checkpoints` (single-file SD1.5) and `diffusers` (folders with `model_index.json`): the SD1.5 base;
-- `audio_encoders`: wav2vec2 as transformers folders (`config.json` + weights).
+- `audio_encoders`: wav2vec2 as transformers folders (`config.json` + weights);
+- `loopy_eval`: the metric networks of `loopy eval-suite` (SyncNet, Inception-v3, I3D, Deep3DFaceRecon) under their
+  standard names. Registered as `models/loopy_eval` (first) so `extra_model_paths.yaml` entries work; no node lists
+  them: `loopy_core.eval.weights` searches these folders when it runs inside ComfyUI's process, and
+  `<ComfyUI>/models/loopy_eval` when run from a checkout in `custom_nodes`.
 Outside ComfyUI the same keys are subfolders of `$LOOPY_MODELS_DIR` (default `./models`), plus the bundled folder.
 
 A name is relative to one of its key's folders; names with `..` parts or absolute paths are refused.
@@ -20,6 +24,8 @@ import re
 from pathlib import Path
 
 LOOPY_KEY = "loopy"
+EVAL_KEY = "loopy_eval"  # loopy_core.eval.weights.COMFY_KEY (not imported here: it imports torch)
+EVAL_EXTENSIONS = {".safetensors", ".pt", ".pth", ".model", ".ckpt", ".bin"}  # what eval.weights reads
 MODEL_EXTENSIONS = {".safetensors", ".sft"}  # Loopy checkpoints are safetensors only
 BASE_EXTENSIONS = MODEL_EXTENSIONS | {".ckpt", ".pt", ".pth", ".bin"}  # SD1.5 single files (read weights-only)
 ENV_MODELS_DIR = "LOOPY_MODELS_DIR"
@@ -44,15 +50,17 @@ def bundled_dir() -> Path | None:
 
 
 def register() -> None:
-    """Register the `loopy` key with ComfyUI (the verified pattern: keeps yaml paths, filters extensions)."""
+    """Register the `loopy` and `loopy_eval` keys with ComfyUI (the verified pattern: keeps yaml paths, filters
+    extensions)."""
     fp = _folder_paths()
     if fp is None:
         return
-    fp.add_model_folder_path(LOOPY_KEY, os.path.join(fp.models_dir, LOOPY_KEY), is_default=True)
+    for key, extensions in ((LOOPY_KEY, MODEL_EXTENSIONS), (EVAL_KEY, EVAL_EXTENSIONS)):
+        fp.add_model_folder_path(key, os.path.join(fp.models_dir, key), is_default=True)
+        fp.folder_names_and_paths[key][1].update(extensions)
     bundled = bundled_dir()
     if bundled is not None and str(bundled) not in fp.get_folder_paths(LOOPY_KEY):
         fp.add_model_folder_path(LOOPY_KEY, str(bundled))
-    fp.folder_names_and_paths[LOOPY_KEY][1].update(MODEL_EXTENSIONS)
 
 
 def folders(key: str) -> list[str]:

@@ -370,6 +370,13 @@ def test_inside_comfyui_progress_interrupt_patcher_and_folders(nodes, models, mo
     assert extensions == {".safetensors", ".sft"}
     if folders.bundled_dir() is not None:
         assert loopy_paths[-1] == str(folders.bundled_dir())
+    # the eval-suite's metric weights: models/loopy_eval, which loopy_core.eval.weights then searches
+    from loopy_core.eval import weights as eval_weights
+
+    eval_paths, eval_extensions = modules["folder_paths"].folder_names_and_paths[folders.EVAL_KEY]
+    assert folders.EVAL_KEY == eval_weights.COMFY_KEY and eval_paths == [str(models / "loopy_eval")]
+    assert eval_extensions == {".safetensors", *eval_weights.PICKLE_SUFFIXES}
+    assert eval_weights.comfyui_folders()[0] == [str(models / "loopy_eval")]
 
     loader = nodes["LoopyModelLoader"]
     handle = run(loader, model_name=cg.DEMO_MODEL, base_model="none", dtype="auto", device="auto")[0]

@@ -14,8 +14,9 @@ Metrics (units and direction in the report):
   truth frames pooled over the whole set; through torchmetrics' `FrechetInceptionDistance` when it is installed (the
   `[eval]` extra), else `fvd.frechet_distance` on the same features.
 - FVD: I3D (`fvd.py`) logits of non-overlapping 16-frame clips, pred clips against truth clips over the whole set.
-- E-FID: the Frechet distance of 3D-face expression coefficients; needs a 3D face model, and this version has no
-  reader for one, so it is reported as not computed with that reason.
+- E-FID: the Frechet distance of the 64 expression coefficients Deep3DFaceRecon's network (`face3d.py`) gives each
+  frame (or every `frame_stride`-th), pred frames against truth frames over the whole set, as FID; optional: without
+  its file (`--face3d`, or found under its standard name) it is reported as not computed.
 - IQA: Q-Align's image scorer (the `q_align` package, not on PyPI) on 8 frames a video, when it is installed and its
   weights folder is given; else not computed.
 - Glo / Exp: the variance over time of head keypoints and of expression keypoints, from dlib's 68 landmarks
@@ -28,7 +29,8 @@ Metrics (units and direction in the report):
   (`metrics.motion_smoothness`). Seam jitter (`metrics.seam_jitter`, 12-frame clips) and drift (the face-colour
   distance to the truth's first frame, the worst 10 s window, `metrics.identity_drift`) are this package's own.
 
-Networks load from the user's disk (`weights.py`; nothing is downloaded). The report gives the truth's own scores
+Networks load from the user's disk (`weights.py`: a given path, else `--weights`, $LOOPY_EVAL_WEIGHTS, ComfyUI's
+models/loopy_eval, the Hugging Face hub cache; nothing is downloaded). The report gives the truth's own scores
 beside the model's; FID, FVD and E-FID compare the two sets, so the truth has none.
 """
 
@@ -63,12 +65,14 @@ HEAD_POINTS = slice(27, 48)  # nose and eyes
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """A metric network: which metric needs it, the option that names its file, the file names looked for."""
+    """A metric network: which metric needs it, the option that names its file, the file names looked for, and
+    whether the run goes on without it (the metric reported as not computed)."""
 
     metric: str
     network: str
     option: str
     filenames: tuple[str, ...]
+    optional: bool = False
 
 
 NETWORKS = {
@@ -76,6 +80,8 @@ NETWORKS = {
     "fid": NetworkSpec("FID", "Inception-v3 (FID)", "--inception",
                        ("pt_inception-2015-12-05.safetensors", "pt_inception-2015-12-05-6726825d.pth")),
     "fvd": NetworkSpec("FVD", "I3D (Kinetics-400)", "--i3d", ("i3d_kinetics400.safetensors", "rgb_imagenet.pt")),
+    "e_fid": NetworkSpec("E-FID", "Deep3DFaceRecon (3D face model)", "--face3d",
+                         ("deep3dfacerecon_epoch_20.safetensors", "epoch_20.pth"), optional=True),
 }
 # summary rows: key -> (label, which way is better, the per-video (section, field) it averages; None: a set metric)
 ROWS = {
@@ -97,12 +103,23 @@ ROWS = {
 # inputs: weights, split lists, matching
 # ---------------------------------------------------------------------------------------------------------------
 def resolve_weights(
-    weights_dir: str | os.PathLike | None, paths: dict[str, str | None] | None = None, skip_missing: bool = False
+    weights_dir: str | os.PathLike | None,
+    paths: dict[str, str | None] | None = None,
+    skip_missing: bool = False,
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, str | None]:
     """The weights file of each network in `NETWORKS`: the path given for it in `paths`, else the first of its file
-    names found in `weights_dir`. A missing one raises FileNotFoundError naming the metric, the files looked for and
-    the folder, unless `skip_missing` (then it maps to None and the metric is reported as not computed)."""
+    names in the search places (`weights.search_places`: `weights_dir`, $LOOPY_EVAL_WEIGHTS, ComfyUI's
+    models/loopy_eval, the Hugging Face hub cache). `report` is told where each file was found. A missing required
+    one raises FileNotFoundError naming the metric, the files looked for, every place searched and where to put
+    them, unless `skip_missing`; a missing one maps to None and its metric is reported as not computed."""
+    from .weights import ENV_WEIGHTS, find_weights, search_places
+
     paths = paths or {}
+    places = search_places(weights_dir)
+    for place in places:
+        if report is not None and place.folder is not None and not place.hub and not os.path.isdir(place.folder):
+            report(f"note: {place.label} {place.folder} is not a folder (searched anyway)")
     found: dict[str, str | None] = {}
     missing = []
     for key, spec in NETWORKS.items():
@@ -110,19 +127,32 @@ def resolve_weights(
         if given:
             if not os.path.isfile(given):
                 raise FileNotFoundError(f"{spec.metric}: {spec.network} weights not found at {given} ({spec.option})")
-            found[key] = os.fspath(given)
-            continue
-        candidates = [Path(weights_dir) / name for name in spec.filenames] if weights_dir else []
-        hit = next((str(p) for p in candidates if p.is_file()), None)
-        found[key] = hit
-        if hit is None:
-            where = f"put {' or '.join(spec.filenames)} in {os.path.abspath(weights_dir)}" if weights_dir else (
-                f"pass --weights DIR holding {' or '.join(spec.filenames)}")
-            missing.append(f"{spec.metric} needs {spec.network} weights: {where}, or pass {spec.option} PATH")
+            found[key], where = os.fspath(given), f"given with {spec.option}"
+        else:
+            hit = find_weights(spec.filenames, places)
+            found[key], where = (hit[0], f"found in {hit[1].label}") if hit else (None, "")
+        if found[key] is not None:
+            if report is not None:
+                report(f"{spec.network} for {spec.metric}: {found[key]} ({where})")
+        elif not spec.optional:
+            missing.append(f"{spec.metric} needs {spec.network} weights {' or '.join(spec.filenames)} "
+                           f"(or pass {spec.option} PATH)")
     if missing and not skip_missing:
-        raise FileNotFoundError("missing metric weights: " + "; ".join(missing)
-                                + " (or pass --skip-missing to report these metrics as not computed)")
+        searched = "; ".join(place.describe() for place in places)
+        raise FileNotFoundError(
+            "missing metric weights: " + "; ".join(missing) + f". Searched, in order: {searched}. Put each file, "
+            f"under the name shown, in the --weights folder, in a folder named by ${ENV_WEIGHTS} or in ComfyUI's "
+            "models/loopy_eval (README: 'Evaluating on real data'), or pass --skip-missing to report these metrics "
+            "as not computed"
+        )
     return found
+
+
+def missing_reason(key: str) -> str:
+    """Why a network's metric is not computed when no file for it was found."""
+    spec = NETWORKS[key]
+    return (f"not computed: no {spec.network} weights ({spec.option} PATH, or {spec.filenames[0]} in the weights "
+            "folders)")
 
 
 @dataclass(frozen=True)
@@ -261,6 +291,7 @@ class Networks:
     syncnet: Any = None
     inception: Any = None
     i3d: Any = None
+    face3d: Any = None
     landmarker: Any = None
     landmark_reason: str = ""
     iqa: Any = None
@@ -270,6 +301,7 @@ class Networks:
 
 def load_networks(weights: dict[str, str | None], device: str = "cpu", qalign: str | None = None) -> Networks:
     """Build and load every network whose weights file is known (`resolve_weights`), and the landmark detector."""
+    from .face3d import Face3DRecon
     from .fvd import I3D
     from .inception import IGNORED_KEYS, InceptionV3Features
     from .syncnet import SyncNet
@@ -277,13 +309,17 @@ def load_networks(weights: dict[str, str | None], device: str = "cpu", qalign: s
 
     nets = Networks(device=device)
     for key, attr, cls, ignore in (("sync", "syncnet", SyncNet, ()), ("fid", "inception", InceptionV3Features,
-                                   IGNORED_KEYS), ("fvd", "i3d", I3D, ())):
+                                   IGNORED_KEYS), ("fvd", "i3d", I3D, ()), ("e_fid", "face3d", Face3DRecon, ())):
         path = weights.get(key)
         if path is None:
             continue
         spec = NETWORKS[key]
         state = read_state_dict(path, f"{spec.network} ({spec.metric})")
-        net = load_weights(cls.from_state_dict(state), state, f"{spec.network} weights {path!r}", ignore)
+        try:
+            model = cls.from_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{spec.metric}: {path} ({spec.option}): {e}") from None
+        net = load_weights(model, state, f"{spec.metric}: {spec.network} weights {path!r}", ignore)
         setattr(nets, attr, net.to(device))
         logger.info("loaded %s from %s", spec.network, path)
     try:
@@ -297,12 +333,13 @@ def load_networks(weights: dict[str, str | None], device: str = "cpu", qalign: s
 
 
 def _load_iqa(qalign: str | None, device: str):
+    """Q-Align's scorer and "", or None and why not; a given folder that does not exist is an error either way."""
+    if qalign and not os.path.isdir(qalign):
+        raise FileNotFoundError(f"IQA: Q-Align weights folder not found: {qalign} (--qalign)")
     if importlib.util.find_spec("q_align") is None:
         return None, "not computed: Q-Align is not installed (its q_align package, from the Q-Align repository)"
     if not qalign:
         return None, "not computed: no Q-Align weights folder given (--qalign DIR)"
-    if not os.path.isdir(qalign):
-        raise FileNotFoundError(f"IQA: Q-Align weights folder not found: {qalign} (--qalign)")
     try:
         from q_align.evaluate.scorer import QAlignScorer
 
@@ -337,11 +374,12 @@ def keypoint_variance(crops: torch.Tensor, landmarker) -> dict:
 
 
 @torch.no_grad()
-def inception_features(net, crops: torch.Tensor, stride: int = 1, batch: int = 32) -> torch.Tensor:
-    """`[T, S, S, 3]` uint8 crops -> `[ceil(T / stride), F]` Inception features."""
+def frame_features(net, crops: torch.Tensor, stride: int = 1, batch: int = 32, forward=None) -> torch.Tensor:
+    """`[T, S, S, 3]` uint8 crops -> `[ceil(T / stride), F]` per-frame features of `net` (or of `forward`, one of
+    its methods), fed `[N, 3, S, S]` in 0..1: Inception's pool features, Deep3DFaceRecon's expression."""
     device = next(net.parameters()).device
-    frames = crops[::stride]
-    out = [net(x.to(device).permute(0, 3, 1, 2).float() / 255.0).cpu() for x in frames.split(batch)]
+    forward = forward or net
+    out = [forward(x.to(device).permute(0, 3, 1, 2).float() / 255.0).cpu() for x in crops[::stride].split(batch)]
     return torch.cat(out)
 
 
@@ -440,14 +478,13 @@ def run_suite(
     nets: Networks,
     frame_stride: int = 1,
     callback: Callable[[dict], None] | None = None,
-    face3d: str | None = None,
 ) -> dict:
     """Score every `(entry, pred, truth)` pair and the sets (see the module docstring); a JSON-ready dict."""
     from .fvd import clip_features
 
     if frame_stride < 1:
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
-    feats: dict[str, dict[str, list]] = {"fid": {"pred": [], "truth": []}, "fvd": {"pred": [], "truth": []}}
+    feats: dict[str, dict[str, list]] = {key: {"pred": [], "truth": []} for key in ("fid", "fvd", "e_fid")}
     videos = []
     for index, (entry, pred_path, truth_path) in enumerate(pairs):
         # 1. the fixed pipeline on both videos
@@ -465,9 +502,12 @@ def run_suite(
         # 3. set features
         for side, prep in (("pred", pred), ("truth", truth)):
             if nets.inception is not None:
-                feats["fid"][side].append(inception_features(nets.inception, prep.crops, frame_stride))
+                feats["fid"][side].append(frame_features(nets.inception, prep.crops, frame_stride))
             if nets.i3d is not None:
                 feats["fvd"][side].append(clip_features(nets.i3d, prep.crops))
+            if nets.face3d is not None:
+                feats["e_fid"][side].append(frame_features(nets.face3d, prep.crops, frame_stride,
+                                                           forward=nets.face3d.expression))
         videos.append(record)
         if callback is not None:
             callback({"index": index, "total": len(pairs), "name": entry.name, "record": record})
@@ -484,17 +524,12 @@ def run_suite(
         if not row["available"]:
             row["reason"] = row["pred_note"]
         summary[key] = row
-    for key, what, net in (("fid", "frames", nets.inception), ("fvd", "16-frame clips", nets.i3d)):
+    for key, what, net in (("fid", "frames", nets.inception), ("fvd", "16-frame clips", nets.i3d),
+                           ("e_fid", "frames", nets.face3d)):
         if net is None:
-            summary[key] = {"available": False, "reason": f"not computed: no {NETWORKS[key].network} weights"}
+            summary[key] = {"available": False, "reason": missing_reason(key)}
             continue
-        summary[key] = _frechet(feats[key]["pred"], feats[key]["truth"], what, use_torchmetrics=key == "fid")
-    if face3d:
-        reason = (f"not computed: a 3D face model was given ({face3d}), but this version cannot read expression "
-                  "coefficients from one yet")
-    else:
-        reason = "not computed: needs a 3D face model for expression coefficients (--face3d PATH)"
-    summary["e_fid"] = {"available": False, "reason": reason}
+        summary[key] = _frechet(feats[key]["pred"], feats[key]["truth"], what, use_torchmetrics=key != "fvd")
     return {
         "protocol": {
             "fps": SUITE_FPS, "crop_size": CROP_SIZE, "crop_margin": CROP_MARGIN, "sync_vshift": 15,

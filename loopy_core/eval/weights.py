@@ -1,7 +1,17 @@
-"""Metric-network weights from the user's disk: read a file's tensors without running pickled code, load strictly.
+"""Metric-network weights from the user's disk: find a file, read its tensors without running pickled code, load
+strictly.
 
-Every network of `loopy eval-suite` (SyncNet, Inception-v3 for FID, I3D for FVD) loads from a path the user gives;
-nothing is downloaded. Formats:
+Every network of `loopy eval-suite` (SyncNet, Inception-v3 for FID, I3D for FVD, Deep3DFaceRecon for E-FID) loads
+from the user's disk; nothing is downloaded. A network's file is the path given for it, else the first of its standard
+names found in these places, in order (`search_places`, `find_weights`):
+1. the `--weights DIR` folder;
+2. the folder in `$LOOPY_EVAL_WEIGHTS`;
+3. ComfyUI's `models/loopy_eval` folders: `folder_paths.get_folder_paths("loopy_eval")` when ComfyUI's `folder_paths`
+   is importable and knows that key (the nodes register it), else `<ComfyUI>/models/loopy_eval` when this package
+   sits in `<ComfyUI>/custom_nodes/<package>`;
+4. the Hugging Face hub cache (`huggingface_hub.constants.HF_HUB_CACHE`): `models--*/snapshots/*/<name>`.
+
+Formats:
 - `.safetensors` (preferred): read with `safetensors`;
 - `.pt`, `.pth`, `.model`, `.ckpt`, `.bin` (the community's releases, e.g. `syncnet_v2.model`): read with
   `torch.load(weights_only=True)`, torch's restricted unpickler, which rebuilds only tensors and plain containers
@@ -17,10 +27,13 @@ One-time conversion to safetensors (then keep only the `.safetensors`)::
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -29,8 +42,91 @@ from ..checkpoint import load_state_into
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".model", ".ckpt", ".bin")
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")  # a state dict nested one level down
+# a state dict nested one level down; `net_recon`: Deep3DFaceRecon's epoch_20.pth (beside its optimizer's state)
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "net_recon")
 STRIP_PREFIXES = ("module.", "__S__.")  # DataParallel; syncnet_python's wrapper attribute
+ENV_WEIGHTS = "LOOPY_EVAL_WEIGHTS"
+COMFY_KEY = "loopy_eval"  # nodes/_folders.py registers the same key
+PACKAGE_DIR = Path(__file__).resolve().parents[2]  # the checkout; in ComfyUI: <ComfyUI>/custom_nodes/<package>
+HUB_PATTERN = "models--*/snapshots/*"
+
+
+@dataclass(frozen=True)
+class SearchPlace:
+    """A place weights files are looked for: what it is (`label`), its folder (None: not there, `note` says why), and
+    whether files lie in Hugging Face hub snapshots below it rather than in the folder itself."""
+
+    label: str
+    folder: str | None
+    hub: bool = False
+    note: str = ""
+
+    def candidates(self, name: str) -> list[Path]:
+        if self.folder is None:
+            return []
+        if self.hub:
+            return sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(self.folder), HUB_PATTERN,
+                                                                  glob.escape(name))))
+        return [Path(self.folder) / name]
+
+    def describe(self) -> str:
+        if self.folder is None:
+            return f"{self.label} ({self.note})"
+        where = os.path.join(self.folder, HUB_PATTERN, "") if self.hub else self.folder
+        return f"{self.label} {where}" + (f" ({self.note})" if self.note else "")
+
+
+def comfyui_folders() -> tuple[list[str], str]:
+    """ComfyUI's `loopy_eval` folders (step 3 of the module docstring), and how they were found."""
+    try:
+        import folder_paths  # ComfyUI's own top-level module
+    except ImportError:
+        folder_paths = None
+    known = getattr(folder_paths, "folder_names_and_paths", None) or {}
+    if hasattr(folder_paths, "get_folder_paths") and COMFY_KEY in known:
+        return list(folder_paths.get_folder_paths(COMFY_KEY)), f"folder_paths {COMFY_KEY!r}"
+    if PACKAGE_DIR.parent.name == "custom_nodes":
+        return [str(PACKAGE_DIR.parent.parent / "models" / COMFY_KEY)], "beside custom_nodes"
+    return [], (f"none: ComfyUI's folder_paths is not importable or lacks {COMFY_KEY!r}, and {PACKAGE_DIR} is not in "
+                "a custom_nodes folder")
+
+
+def hub_cache() -> str | None:
+    """The Hugging Face hub cache folder (honours `HF_HUB_CACHE` / `HF_HOME`), None without huggingface_hub."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return os.fspath(constants.HF_HUB_CACHE)
+
+
+def search_places(weights_dir: str | os.PathLike | None = None) -> list[SearchPlace]:
+    """Where weights files are looked for, in order (module docstring), each described for messages."""
+    places = [SearchPlace("--weights", os.path.abspath(weights_dir)) if weights_dir else
+              SearchPlace("--weights", None, note="not given")]
+    env = os.environ.get(ENV_WEIGHTS)
+    if not env:
+        places.append(SearchPlace(f"${ENV_WEIGHTS}", None, note="not set"))
+    else:
+        places.append(SearchPlace(f"${ENV_WEIGHTS}", os.path.abspath(env),
+                                  note="" if os.path.isdir(env) else "no such folder"))
+    comfy, how = comfyui_folders()
+    places += [SearchPlace(f"ComfyUI models/{COMFY_KEY}", f) for f in comfy] or [
+        SearchPlace(f"ComfyUI models/{COMFY_KEY}", None, note=how)]
+    cache = hub_cache()
+    places.append(SearchPlace("Hugging Face hub cache", cache, hub=True) if cache else
+                  SearchPlace("Hugging Face hub cache", None, note="huggingface_hub is not installed"))
+    return places
+
+
+def find_weights(filenames: Iterable[str], places: list[SearchPlace]) -> tuple[str, SearchPlace] | None:
+    """The first file of `filenames` in the first place holding one (a place's own order of names), with the place."""
+    for place in places:
+        for name in filenames:
+            hit = next((p for p in place.candidates(name) if p.is_file()), None)
+            if hit is not None:
+                return str(hit), place
+    return None
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
