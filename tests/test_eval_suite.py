@@ -337,7 +337,8 @@ def test_cli_end_to_end_writes_json_and_markdown(tmp_path, folders, weights_dir,
     skipped = json.loads(out.read_text())["summary"]
     assert not skipped["fid"]["available"] and "no Inception-v3 (FID) weights" in skipped["fid"]["reason"]
     assert not skipped["e_fid"]["available"] and "--face3d PATH" in skipped["e_fid"]["reason"]
-    assert not skipped["sync_c"]["available"] and skipped["smoothness"]["available"]
+    assert not skipped["sync_c"]["available"] and "--syncnet PATH" in skipped["sync_c"]["reason"]
+    assert skipped["smoothness"]["available"]
     assert main(["eval-suite", "--pred", str(folders / "pred"), "--truth", str(folders / "truth"), "--split", "hdtf",
                  "--json", str(out)]) == 2
     assert "--split hdtf needs --list FILE" in capsys.readouterr().err

@@ -393,7 +393,7 @@ def score_video(prep: PreparedVideo, audio: np.ndarray | None, sample_rate: int 
     result: dict[str, Any] = {"frames": int(crops.shape[0]), "crop": prep.crop}
     # 1. lip sync
     if nets.syncnet is None:
-        result["sync"] = {"available": False, "reason": "not computed: no SyncNet weights"}
+        result["sync"] = {"available": False, "reason": missing_reason("sync")}
     elif audio is None:
         result["sync"] = {"available": False, "reason": "no audio track in the pred or the truth video"}
     else:
