@@ -115,6 +115,9 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, stage):
 def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monkeypatch):
     """`motion_noise_max` adds per-sample noise to the motion frames (the ReferenceNet's motion input); at 0 the
     motion frames and the generator's random stream are exactly those of a run without the option."""
+    from types import SimpleNamespace
+
+    from loopy_core.config import VAEConfig
     from training.objective import LoopyObjective
 
     root, init = data
@@ -209,6 +212,60 @@ def test_motion_appearance_reaches_the_motion_frames_only(data, monkeypatch):
     assert torch.equal(padded, batch["ref"][:, :, None].expand_as(padded))
     with pytest.raises(ValueError, match="motion_appearance_max"):
         TrainConfig(model=str(init), data=str(root / "shards"), motion_appearance_max=-0.1)
+
+
+def test_appearance_aug_is_one_colour_change_of_the_whole_sample(data, monkeypatch):
+    """`appearance_aug_max` gives each sample one colour and lighting change on its reference, motion frames, target
+    and previous clip alike (per latent: the same gain and offset on every frame), another draw per sample; the
+    objective trains on the changed sample; at 0 nothing is drawn."""
+    from types import SimpleNamespace
+
+    from loopy_core.config import VAEConfig
+    from training.objective import LoopyObjective
+
+    root, init = data
+    model = load_checkpoint(init).eval()
+    ds = ShardDataset(root / "shards", model.config, stage=2, previous_clip=True)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(3)])
+    keys = ("ref", "motion", "target", "prev_target", "prev_motion")
+    batch = {k: v * 0.5 if k in keys else v for k, v in batch.items()}  # inside the range: no clamping
+    cfg = TrainConfig(model=str(init), data=str(root / "shards"), stage=2, appearance_aug_max=0.3)
+    out = LoopyObjective(model, cfg).augment_appearance(batch, torch.Generator().manual_seed(0))
+    flat = lambda b: torch.cat([b["ref"][:, :, None]] + [b[k] for k in keys[1:]], dim=2)  # [B, C, frames, h, w]
+    x, y = flat(batch), flat(out)
+    xc, yc = x - x.mean(2, keepdim=True), y - y.mean(2, keepdim=True)
+    gain = (xc * yc).sum(2, keepdim=True) / (xc**2).sum(2, keepdim=True)
+    offset = y.mean(2, keepdim=True) - gain * x.mean(2, keepdim=True)
+    assert torch.allclose(gain * x + offset, y, atol=1e-4)  # one affine map per latent for every frame
+    assert ((y - x).abs() <= 0.3 * x.abs() + 0.3 + 1e-5).all()  # gain and offset within appearance_aug_max
+    assert (y - x).flatten(1).abs().amax(1).min() > 1e-3  # every sample changed ...
+    assert not torch.allclose(gain[0], gain[1])  # ... by its own draw
+    assert out["audio"] is batch["audio"] and out["ref"].shape == batch["ref"].shape
+    big = {k: 2 * v / v.abs().max() for k, v in batch.items() if k in keys}  # outside [-1, 1]
+    unclamped = LoopyObjective(model, cfg).augment_appearance(big, torch.Generator().manual_seed(0))
+    assert unclamped["target"].abs().max() > 1.0  # SD latents have no fixed range: left as they are
+    pixel_model = SimpleNamespace(config=SimpleNamespace(vae=VAEConfig(kind="pixel_unshuffle", unshuffle_factor=2),
+                                                         noise=model.config.noise))
+    clamped = LoopyObjective(pixel_model, cfg).augment_appearance(big, torch.Generator().manual_seed(0))
+    assert clamped["target"].abs().max() <= 1.0 and clamped["ref"].abs().max() <= 1.0  # pixel latents stay images
+
+    seen = []
+    forward = model.reference_net.forward
+    monkeypatch.setattr(model.reference_net, "forward", lambda ref, mf: seen.append(ref) or forward(ref, mf))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        LoopyObjective(model, cfg)(batch, gen)
+    assert torch.allclose(seen[-1], out["ref"])  # the ReferenceNet sees the changed reference
+    off = TrainConfig(model=str(init), data=str(root / "shards"), stage=2)
+    states = []
+    for c in (off, TrainConfig(model=str(init), data=str(root / "shards"), stage=2, appearance_aug_max=0.0)):
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            LoopyObjective(model, c)(batch, gen)
+        states.append(gen.get_state())
+    assert torch.equal(states[0], states[1]) and torch.equal(seen[-1], batch["ref"])
+    with pytest.raises(ValueError, match="appearance_aug_max"):
+        TrainConfig(model=str(init), data=str(root / "shards"), appearance_aug_max=-0.1)
 
 
 @pytest.mark.parametrize("tsm", ["paper", "shorter_than_a_clip"])

@@ -91,6 +91,9 @@ class TrainConfig:
     # much, latent units, per sample; the reference and the target keep theirs), so the model learns to take the
     # appearance from the reference and only the motion from the motion frames; 0 = off
     motion_appearance_max: float = 0.0
+    # reference path: one random colour and lighting change of up to this much per sample on all its frames alike
+    # (reference, motion frames, target), so the same videos show many more appearances; 0 = off
+    appearance_aug_max: float = 0.0
     # long-video robustness: this share of samples sees the clip before its target, inside the motion frames, as the
     # model's own x0 estimate of it from a noised copy (timestep uniform), so it learns to continue from its own
     # output, flaws included, towards the truth; 0 = off
@@ -128,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"motion_noise_max must be >= 0 (0 = off), got {self.motion_noise_max}")
         if self.motion_appearance_max < 0:
             raise ValueError(f"motion_appearance_max must be >= 0 (0 = off), got {self.motion_appearance_max}")
+        if self.appearance_aug_max < 0:
+            raise ValueError(f"appearance_aug_max must be >= 0 (0 = off), got {self.appearance_aug_max}")
         if not 0 <= self.self_history_prob <= 1:
             raise ValueError(f"self_history_prob must be in [0, 1] (0 = off), got {self.self_history_prob}")
         if not isinstance(self.model_changes, dict):

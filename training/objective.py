@@ -16,6 +16,9 @@ without it keep their random stream). With `self_history_prob > 0`, drawn before
 samples sees its previous clip, inside the motion frames, as the model's own x0 estimate of it (`own_history`).
 With `motion_appearance_max > 0` (drawn last) the motion frames of each sample, not its reference or target, get a
 random colour and lighting change (`appearance_shift`), so the appearance has to come from the reference.
+With `appearance_aug_max > 0` (drawn first, in `forward`) one such change is applied to the whole sample alike
+(reference, motion frames, target, previous clip): every sample shows a new appearance that only the reference and
+the history can tell, a wider appearance space from the same videos.
 
 Guidance distillation (a `teacher`, `TrainConfig.distill`): the same draws, noisy input and motion frames, but the
 student sees every condition and the guidance scales (drawn last, per sample), and its target is the frozen
@@ -166,6 +169,24 @@ class LoopyObjective(nn.Module):
             motion = appearance_shift(motion, groups, amount, generator)
         return motion
 
+    def augment_appearance(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+        """The batch with one random colour and lighting change per sample (`appearance_aug_max`) on every frame it
+        holds: reference, motion frames, target and previous clip share it, so the sample stays one consistent
+        video of another-looking person. Pixel-space latents are clamped to the image range they encode."""
+        keys = [k for k in ("ref", "motion", "target", "prev_target", "prev_motion") if k in batch]
+        ref = batch["ref"]
+        frames = [batch[k] if k != "ref" else ref[:, :, None] for k in keys]
+        sizes = [f.shape[2] for f in frames]
+        amount = torch.rand(ref.shape[0], generator=generator) * self.cfg.appearance_aug_max
+        vae = self.model.config.vae
+        shifted = appearance_shift(torch.cat(frames, dim=2), colour_groups(vae, ref.shape[1]), amount, generator)
+        if vae.kind == "pixel_unshuffle":
+            shifted = shifted.clamp(-1, 1)
+        out = dict(batch)
+        for k, part in zip(keys, shifted.split(sizes, dim=2)):
+            out[k] = part[:, :, 0] if k == "ref" else part.contiguous()
+        return out
+
     def sample_scales(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """`[B, 2]` (ref_scale, audio_scale) per sample, uniform in the distillation's ranges."""
         ranges = torch.tensor([self.cfg.distill.ref_scale_range, self.cfg.distill.audio_scale_range])  # [2, lo/hi]
@@ -236,7 +257,10 @@ class LoopyObjective(nn.Module):
                 "motion_mask": motion_mask, "guidance_scales": scales}
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        cfg, target_latents = self.cfg, batch["target"]
+        cfg = self.cfg
+        if cfg.appearance_aug_max > 0:
+            batch = self.augment_appearance(batch, generator)
+        target_latents = batch["target"]
         out = self.predict(batch, generator)
         loss = F.mse_loss(out["pred"].float(), out["target"].float(), reduction="none")  # [B, C, F, h, w]
         if cfg.mouth_loss_weight > 0:
