@@ -5,7 +5,8 @@ file; nothing else runs the denoising loop. Per video (DESIGN.md Sec. 4):
 1. the reference image is encoded once (VAE latents + ReferenceNet reference tokens, reused by every clip);
 2. the audio features are computed once (`encode_audio`);
 and per clip of F frames (`run_clip`):
-3. TSM over the bounded history of generated latents -> M motion-frame latents (video start padded as in training);
+3. TSM over the bounded history of generated latents -> M motion-frame latents (video start padded as in training),
+   their lowest frequencies pulled towards the reference's by `history_anchor` (`anchor_history`);
 4. ReferenceNet once on the motion frames -> motion-frame features for the inter-clip layers;
 5. audio-to-latents once -> motion tokens with and without audio;
 6. `steps` scheduler steps; each runs the three guidance branches as one batched forward (or one after another
@@ -110,6 +111,9 @@ class GenerationOptions:
     motion_stats: Any = None  # [2] head-movement and expression variance: motion-intensity control
     sequential_guidance: bool = False  # lower memory: three forwards per step instead of one of batch 3
     decode_slice_size: int = 8
+    # 0..1: share of the motion frames' coarse appearance (2x2-pooled latents) replaced by the reference's before
+    # each clip, against the generated history drifting away from the photo over many clips; 0 = off
+    history_anchor: float = 0.0
 
     def check(self) -> None:
         if self.steps is not None and not 1 <= int(self.steps) <= 1000:
@@ -117,6 +121,26 @@ class GenerationOptions:
         self.guidance_interval = guidance.parse_interval(self.guidance_interval)
         if self.decode_slice_size < 1:
             raise ValueError(f"decode_slice_size must be >= 1, got {self.decode_slice_size}")
+        if not 0.0 <= float(self.history_anchor) <= 1.0:
+            raise ValueError(f"history_anchor must be in 0..1 (0 = off), got {self.history_anchor}")
+
+
+def anchor_history(motion: torch.Tensor, ref: torch.Tensor, strength: float, grid: int = 2) -> torch.Tensor:
+    """Motion frames `[B, C, M, h, w]` whose coarse appearance (each latent channel pooled to `grid` x `grid`,
+    upsampled back) moves `strength` of the way to the reference's `[B, C, h, w]`; finer detail (the face's pose,
+    mouth and eyes) stays the history's. 0 returns `motion` unchanged."""
+    if strength <= 0:
+        return motion
+    B, C, M, h, w = motion.shape
+    frames = motion.transpose(1, 2).reshape(B * M, C, h, w)
+
+    def coarse(x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.float(), grid)
+        return torch.nn.functional.interpolate(pooled, size=(h, w), mode="bilinear", align_corners=False)
+
+    target = coarse(ref).repeat_interleave(M, dim=0)
+    frames = frames + (strength * (target - coarse(frames))).to(frames.dtype)
+    return frames.reshape(B, M, C, h, w).transpose(1, 2)
 
 
 @dataclass
@@ -243,6 +267,8 @@ class LoopyPipeline:
 
         # 1. TSM over the history -> motion frames; ReferenceNet on them
         motion = model.tsm(state.history, state.ref_latents)  # [1, C, M, h, w]
+        if state.history is not None:
+            motion = anchor_history(motion, state.ref_latents, float(options.history_anchor))
         _, motion_feats = model.reference_net(None, motion)
         # 2. motion tokens for this clip's audio windows (edge frames repeated past the end)
         feats = audio.frames(start, F_)[None].to(device, dtype)  # [1, F, 2w+1, L, D]

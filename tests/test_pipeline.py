@@ -168,6 +168,42 @@ def test_continuing_from_frames_changes_the_motion_frames(pipe):
     assert (cont - fresh).abs().max() > 1e-4
 
 
+def test_anchor_history_moves_only_the_coarse_appearance_to_the_reference():
+    """`anchor_history` takes a colour drift of the motion frames (a per-channel offset, different per frame) back to
+    the reference (all of it at 1, half at 0.5) and keeps fine detail (a pixel checkerboard: no coarse content);
+    at 0 it returns them as they were."""
+    from loopy_core.pipeline import anchor_history
+
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 4, 8, 8, generator=gen)
+    drift = torch.randn(1, 4, 5, 1, 1, generator=gen)  # [B, C, M, 1, 1]
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]) % 2 * 2.0 - 1.0  # zero mean in every 2x2 cell
+    motion = ref[:, :, None] + drift
+    assert anchor_history(motion, ref, 0.0) is motion
+    assert torch.allclose(anchor_history(motion, ref, 1.0), ref[:, :, None].expand_as(motion), atol=1e-5)
+    assert torch.allclose(anchor_history(motion, ref, 0.5), ref[:, :, None] + 0.5 * drift, atol=1e-5)
+    detailed = ref[:, :, None] + 0.3 * checker
+    assert torch.allclose(anchor_history(detailed, ref, 1.0), detailed, atol=1e-5)
+
+
+def test_history_anchor_acts_from_the_second_clip(pipe, monkeypatch):
+    """The first clip's motion frames are the reference's padding (nothing to anchor); later clips' motion frames,
+    as the ReferenceNet sees them, are anchored; the option is checked."""
+    audio = pipe.encode_audio(speech(1.0), 16000)  # 3 clips
+    seen = []
+    forward = pipe.model.reference_net.forward
+    monkeypatch.setattr(pipe.model.reference_net, "forward",
+                        lambda ref, mf: (ref is None and seen.append(mf)) or forward(ref, mf))
+    plain = pipe(image(), audio, GenerationOptions(steps=2))
+    plain_motion, seen[:] = list(seen), []
+    anchored = pipe(image(), audio, GenerationOptions(steps=2, history_anchor=1.0))
+    assert len(seen) == len(plain_motion) == 3
+    assert torch.equal(seen[0], plain_motion[0]) and torch.allclose(anchored[:12], plain[:12])
+    assert (seen[1] - plain_motion[1]).abs().max() > 1e-4 and (anchored[12:] - plain[12:]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="history_anchor"):
+        pipe(image(), audio, GenerationOptions(steps=2, history_anchor=1.5))
+
+
 def test_generate_cli_writes_mp4_with_audio(files, capsys):
     root, ckpt = files
     out = root / "out.mp4"
@@ -193,14 +229,14 @@ def test_generate_speed_flags_reach_the_pipeline(files, monkeypatch):
     monkeypatch.setattr(LoopyPipeline, "optimize", spy)
     argv = ["generate", "--image", str(root / "face.png"), "--audio", str(root / "speech.wav"), "--out",
             str(root / "fast.mp4"), "--model", str(ckpt), "--steps", "1", "--device", "cpu", "--quiet",
-            "--channels-last", "--compile", "--guidance-interval", "0,0.5"]
+            "--channels-last", "--compile", "--guidance-interval", "0,0.5", "--history-anchor", "0.25"]
     options = []
     real_clips = LoopyPipeline.clips
     monkeypatch.setattr(LoopyPipeline, "clips", lambda self, image, audio, opts, **k: options.append(opts) or
                         real_clips(self, image, audio, opts, **k))
     assert main(argv) == 0
     assert seen == [{"channels_last": True, "compile": True}]
-    assert options[0].guidance_interval == (0.0, 0.5)
+    assert options[0].guidance_interval == (0.0, 0.5) and options[0].history_anchor == 0.25
     assert read_video(root / "fast.mp4").frames.shape[0] == 33
 
 

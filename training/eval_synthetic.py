@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--ref-guidance", type=float, help="reference guidance scale (default: the model's)")
     p.add_argument("--scheduler", default="ddim", help="sampler (default ddim), e.g. dpmpp_2m")
     p.add_argument("--guidance-interval", default="0,1", help="fractions of the steps with guidance (default '0,1')")
+    p.add_argument("--history-anchor", type=float, default=0.0,
+                   help="0..1: pull the motion frames' coarse appearance towards the reference (default 0: off)")
     p.add_argument("--motion-stats", choices=["truth"],
                    help="truth: condition on each video's ground-truth motion statistics (default: audio alone)")
     p.add_argument("--device", default="auto")
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     report = evaluate(args.model, args.videos, args.seconds, args.device, limit=args.limit, steps=args.steps,
                       scheduler=args.scheduler, audio_guidance_scale=args.audio_guidance,
                       ref_guidance_scale=args.ref_guidance, guidance_interval=parse_interval(args.guidance_interval),
-                      motion_stats=args.motion_stats)
+                      history_anchor=args.history_anchor, motion_stats=args.motion_stats)
     keys = ["sync", "sync_ceiling", "sync_relative", "sync_swapped_audio", "motion_amplitude_ratio",
             "drift_face", "drift_face_ground_truth", "identity_psnr16", "identity_error_ratio", "seam_jitter",
             "seam_jitter_ground_truth", "generation_s"]

@@ -16,6 +16,9 @@ def add_generation_arguments(p: argparse.ArgumentParser, crop: str = "auto", cro
     p.add_argument("--guidance-interval", default="0,1",
                    help="fractions of the steps, from the first, that use guidance, e.g. '0,0.5': the other steps "
                         "run one branch instead of three (faster; default '0,1': every step)")
+    p.add_argument("--history-anchor", type=float, default=0.0,
+                   help="0..1: pull the coarse appearance of the frames each clip continues from towards the "
+                        "reference's, against the face drifting from the photo over long videos (default 0: off)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--fps", type=float, help="video frame rate (default: the model's, 25)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
@@ -56,6 +59,7 @@ def options_from_args(args):
         guidance_interval=parse_interval(args.guidance_interval),
         seed=args.seed,
         sequential_guidance=args.low_memory,
+        history_anchor=args.history_anchor,
     )
 
 
