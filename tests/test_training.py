@@ -115,9 +115,6 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(data, stage):
 def test_motion_frame_noise_reaches_the_reference_net_only_when_asked(data, monkeypatch):
     """`motion_noise_max` adds per-sample noise to the motion frames (the ReferenceNet's motion input); at 0 the
     motion frames and the generator's random stream are exactly those of a run without the option."""
-    from types import SimpleNamespace
-
-    from loopy_core.config import VAEConfig
     from training.objective import LoopyObjective
 
     root, init = data

@@ -75,7 +75,8 @@ def mean_curve(rows: list[dict], key: str, every: int) -> list[tuple[int, float]
 def evaluate(model_path, videos_dir, seconds=None, device="auto", limit=None, motion_stats=None,
              **sampling) -> dict:
     """Generate each video from its reference and audio and score it against its ground truth; `sampling` are
-    `GenerationOptions` fields (steps, scheduler, audio_guidance_scale, ref_guidance_scale, guidance_interval);
+    `GenerationOptions` fields (steps, scheduler, audio_guidance_scale, ref_guidance_scale, guidance_interval,
+    history_anchor);
     `motion_stats="truth"` conditions each video on its ground truth's motion statistics (else audio alone)."""
     from PIL import Image
 
